@@ -107,6 +107,14 @@ pub enum Error {
         /// Why it is not supported.
         why: &'static str,
     },
+    /// The damped curvature is singular (a zero eigenvalue and zero damping).
+    #[error("{block}: the damped curvature is singular ({what}); use a positive damping")]
+    Singular {
+        /// The block.
+        block: String,
+        /// What is singular.
+        what: &'static str,
+    },
     /// A hyperparameter or configuration value is out of range.
     #[error("invalid configuration: {what} = {value} ({why})")]
     InvalidConfig {

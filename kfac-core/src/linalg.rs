@@ -68,13 +68,7 @@ pub trait LinAlg<T: Real>: Send + Sync + Debug {
     /// `x` is $N \times d$ (one example per row), `c` is $d \times d$ and
     /// receives the full symmetric result (both triangles). The default
     /// computes it with [`LinAlg::gemm`]; backends may exploit the symmetry.
-    fn gram(
-        &self,
-        alpha: T,
-        x: ArrayView2<'_, T>,
-        beta: T,
-        c: ArrayViewMut2<'_, T>,
-    ) -> Result<(), LinAlgError> {
+    fn gram(&self, alpha: T, x: ArrayView2<'_, T>, beta: T, c: ArrayViewMut2<'_, T>) -> Result<(), LinAlgError> {
         self.gemm(alpha, x.t(), x, beta, c)
     }
 
@@ -89,18 +83,10 @@ pub trait LinAlg<T: Real>: Send + Sync + Debug {
 
     /// Solves $A X = B$ for symmetric positive definite $A$ by Cholesky.
     /// Only the lower triangle of `a` is read.
-    fn spd_solve(
-        &self,
-        a: ArrayView2<'_, T>,
-        b: ArrayView2<'_, T>,
-    ) -> Result<Array2<T>, LinAlgError>;
+    fn spd_solve(&self, a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError>;
 
     /// $A B$ into a new (row-major) array.
-    fn matmul(
-        &self,
-        a: ArrayView2<'_, T>,
-        b: ArrayView2<'_, T>,
-    ) -> Result<Array2<T>, LinAlgError> {
+    fn matmul(&self, a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError> {
         let mut c = Array2::zeros((a.nrows(), b.ncols()));
         self.gemm(T::one(), a, b, T::zero(), c.view_mut())?;
         Ok(c)
@@ -147,22 +133,14 @@ pub fn check_gemm_shapes<T>(
     if k != k2 || c.dim() != (m, n) {
         return Err(LinAlgError::ShapeMismatch {
             op: "gemm",
-            detail: format!(
-                "A is {:?}, B is {:?}, C is {:?}",
-                a.dim(),
-                b.dim(),
-                c.dim()
-            ),
+            detail: format!("A is {:?}, B is {:?}, C is {:?}", a.dim(), b.dim(), c.dim()),
         });
     }
     Ok(())
 }
 
 /// Checks that `a` is square and finite before a decomposition; for backends.
-pub fn check_square_finite<T: Real>(
-    op: &'static str,
-    a: &ArrayView2<'_, T>,
-) -> Result<(), LinAlgError> {
+pub fn check_square_finite<T: Real>(op: &'static str, a: &ArrayView2<'_, T>) -> Result<(), LinAlgError> {
     let (rows, cols) = a.dim();
     if rows != cols {
         return Err(LinAlgError::NotSquare { op, rows, cols });

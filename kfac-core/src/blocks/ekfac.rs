@@ -1,0 +1,214 @@
+//! EKFAC: K-FAC's eigenbasis with re-estimated diagonal scalings.
+
+use ndarray::{Array1, Array2, ArrayView2, Axis, Zip, s};
+
+use super::{
+    CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, clamp_nonneg, dec_err, dense_in_basis, from_basis,
+    lin_err, not_ready, outer_plus, to_basis,
+};
+use crate::average::MovingAverage;
+use crate::damping::Damping;
+use crate::error::{Error, Result};
+use crate::factors::KroneckerFactors;
+use crate::linalg::LinAlg;
+use crate::scalar::Real;
+use crate::shape::{LayerBatch, LayerShape};
+
+#[derive(Debug, Clone)]
+struct Basis<T> {
+    ua: Array2<T>,
+    ub: Array2<T>,
+    sa: Array1<T>,
+    sb: Array1<T>,
+}
+
+/// The EKFAC block of a dense layer (George et al., 2018).
+///
+/// EKFAC keeps K-FAC's eigenbasis $Q = U_A \otimes U_B$, refreshed from the
+/// factors every few steps, and replaces K-FAC's eigenvalues
+/// $\operatorname{vec}(s_B s_A^\top)$ by the second moment of the per-example
+/// gradients in that basis,
+/// $$ S = E\Big[\big(U_B^\top g_n \bar a_n^\top U_A\big)^{\odot 2}\Big]
+///      = \frac1N \big((G U_B)^{\odot 2}\big)^\top \big((\bar A U_A)^{\odot 2}\big),$$
+/// with $G$ ($N\times d_\text{out}$) and $\bar A$ ($N \times \dim A$) the batch's
+/// gradients and inputs stacked as rows. The right-hand side is two basis
+/// projections and one product: the per-example gradient matrices are never
+/// formed. $\operatorname{diag}(\operatorname{vec} S)$ is the Frobenius-optimal diagonal in
+/// the basis $Q$, so $\|F - Q \operatorname{diag}(S) Q^\top\|_F \le \|F - A \otimes B\|_F$
+/// when $S$, $A$, $B$ come from the same examples (George et al., §3.1).
+///
+/// $S$ is a running average of its own ([`update_scalings`](CurvatureBlock::update_scalings)),
+/// usually updated every step. A [`refresh`](CurvatureBlock::refresh) computes a
+/// new basis and resets $S$ to K-FAC's eigenvalues in it, with weight zero, so
+/// the next scalings update replaces them by the estimate in the new basis.
+/// Damping: [`Damping::Tikhonov`] only, preconditioning by
+/// $U_B\big[(U_B^\top V U_A) \oslash (S + \lambda)\big]U_A^\top$.
+#[derive(Debug, Clone)]
+pub struct EkfacBlock<T> {
+    name: String,
+    factors: KroneckerFactors<T>,
+    basis: Option<Basis<T>>,
+    scalings: MovingAverage<T>,
+    lambda: Option<f64>,
+}
+
+impl<T: Real> EkfacBlock<T> {
+    /// A new block with zero statistics and no basis.
+    pub fn new(name: impl Into<String>, shape: LayerShape) -> Self {
+        let (r, c) = shape.param_dims();
+        Self {
+            name: name.into(),
+            factors: KroneckerFactors::new(shape),
+            basis: None,
+            scalings: MovingAverage::zeros(r, c),
+            lambda: None,
+        }
+    }
+
+    /// The running factors $A$, $B$.
+    pub fn factors(&self) -> &KroneckerFactors<T> {
+        &self.factors
+    }
+
+    /// The scalings $S$ ($d_\text{out} \times \dim A$) in the current basis.
+    pub fn scalings(&self) -> ArrayView2<'_, T> {
+        self.scalings.value()
+    }
+
+    /// The eigenbases $(U_A, U_B)$, once refreshed.
+    pub fn basis(&self) -> Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)> {
+        self.basis.as_ref().map(|b| (b.ua.view(), b.ub.view()))
+    }
+
+    fn check_damping(&self, damping: Damping) -> Result<f64> {
+        damping.validate()?;
+        match damping {
+            Damping::Tikhonov { lambda } => Ok(lambda),
+            Damping::Factored { .. } => Err(Error::UnsupportedDamping {
+                block: self.name.clone(),
+                damping: damping.to_string(),
+                why: "EKFAC's scalings are not a Kronecker product; use Damping::Tikhonov",
+            }),
+        }
+    }
+
+    fn check_positive(&self, lambda: f64) -> Result<()> {
+        let l = T::from_f64_lossy(lambda);
+        if self.scalings.value().iter().all(|&s| s + l > T::zero()) {
+            Ok(())
+        } else {
+            Err(Error::Singular { block: self.name.clone(), what: "a damped scaling is zero" })
+        }
+    }
+}
+
+impl<T: Real> CurvatureBlock<T> for EkfacBlock<T> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn shape(&self) -> LayerShape {
+        self.factors.shape()
+    }
+
+    fn accumulate(&mut self, la: &dyn LinAlg<T>, batch: &LayerBatch<'_, T>) -> Result<()> {
+        self.factors.accumulate(la, batch, &self.name)
+    }
+
+    fn commit(&mut self, decay: f64) -> Result<()> {
+        self.factors.commit(decay).map(|_| ())
+    }
+
+    fn accumulate_scalings(&mut self, la: &dyn LinAlg<T>, batch: &LayerBatch<'_, T>) -> Result<()> {
+        let shape = self.shape();
+        batch.validate(&self.name, shape)?;
+        let basis = self.basis.as_ref().ok_or_else(|| not_ready(&self.name))?;
+        let err = lin_err(&self.name);
+        // (Ā U_A)^2 without forming Ā: X U_A[..d_in, :] plus the bias row of U_A.
+        let mut pa = la.matmul(batch.inputs, basis.ua.slice(s![..shape.d_in, ..])).map_err(&err)?;
+        if shape.bias {
+            let bias_row = basis.ua.row(shape.d_in);
+            pa += &bias_row.insert_axis(Axis(0));
+        }
+        pa.mapv_inplace(|x| x * x);
+        let m = batch.grad_multiplier();
+        let mut pg = la.matmul(batch.grads, basis.ub.view()).map_err(&err)?;
+        pg.mapv_inplace(|x| x * x);
+        la.gemm(m * m, pg.t(), pa.view(), T::one(), self.scalings.pending_mut()).map_err(&err)?;
+        self.scalings.add_count(batch.len());
+        Ok(())
+    }
+
+    fn commit_scalings(&mut self, decay: f64) -> Result<()> {
+        self.scalings.commit(decay).map(|_| ())
+    }
+
+    fn refresh(&mut self, la: &dyn LinAlg<T>, damping: Damping) -> Result<()> {
+        let lambda = self.check_damping(damping)?;
+        if !self.factors.is_initialised() {
+            return Err(Error::NotReady { block: self.name.clone(), what: "no statistics yet" });
+        }
+        let ea = la.eigh(self.factors.a()).map_err(dec_err(&self.name, "A"))?;
+        let eb = la.eigh(self.factors.b()).map_err(dec_err(&self.name, "B"))?;
+        let (mut sa, mut sb) = (ea.values, eb.values);
+        clamp_nonneg(&mut sa);
+        clamp_nonneg(&mut sb);
+        self.scalings.reset_to(outer_plus(sb.view(), sa.view(), T::zero(), T::zero()));
+        self.basis = Some(Basis { ua: ea.vectors, ub: eb.vectors, sa, sb });
+        self.lambda = Some(lambda);
+        Ok(())
+    }
+
+    fn set_damping(&mut self, _la: &dyn LinAlg<T>, damping: Damping) -> Result<()> {
+        let lambda = self.check_damping(damping)?;
+        self.lambda = Some(lambda);
+        Ok(())
+    }
+
+    fn damping(&self) -> Option<Damping> {
+        self.lambda.map(Damping::tikhonov)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.basis.is_some()
+    }
+
+    fn precondition(&self, la: &dyn LinAlg<T>, grad: ArrayView2<'_, T>) -> Result<Array2<T>> {
+        check_operand(&self.name, self.shape(), &grad)?;
+        let (basis, lambda) = match (&self.basis, self.lambda) {
+            (Some(b), Some(l)) => (b, l),
+            _ => return Err(not_ready(&self.name)),
+        };
+        self.check_positive(lambda)?;
+        let l = T::from_f64_lossy(lambda);
+        let err = lin_err(&self.name);
+        let mut t = to_basis(la, basis.ub.view(), basis.ua.view(), grad).map_err(&err)?;
+        Zip::from(&mut t).and(&self.scalings.value()).for_each(|x, &s| *x /= s + l);
+        from_basis(la, basis.ub.view(), basis.ua.view(), t.view()).map_err(&err)
+    }
+
+    fn multiply(&self, la: &dyn LinAlg<T>, v: ArrayView2<'_, T>) -> Result<Array2<T>> {
+        check_operand(&self.name, self.shape(), &v)?;
+        let (basis, lambda) = match (&self.basis, self.lambda) {
+            (Some(b), Some(l)) => (b, l),
+            _ => return Err(not_ready(&self.name)),
+        };
+        let l = T::from_f64_lossy(lambda);
+        let err = lin_err(&self.name);
+        let mut t = to_basis(la, basis.ub.view(), basis.ua.view(), v).map_err(&err)?;
+        Zip::from(&mut t).and(&self.scalings.value()).for_each(|x, &s| *x *= s + l);
+        from_basis(la, basis.ub.view(), basis.ua.view(), t.view()).map_err(&err)
+    }
+
+    fn to_dense(&self, la: &dyn LinAlg<T>) -> Result<Array2<T>> {
+        check_dense_size(&self.name, self.shape().num_params())?;
+        let basis = self.basis.as_ref().ok_or_else(|| not_ready(&self.name))?;
+        dense_in_basis(la, basis.ua.view(), basis.ub.view(), self.scalings.value()).map_err(lin_err(&self.name))
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.factors.memory_bytes()
+            + self.scalings.memory_bytes()
+            + self.basis.as_ref().map_or(0, |b| bytes(&b.ua) + bytes(&b.ub) + bytes1(&b.sa) + bytes1(&b.sb))
+    }
+}
