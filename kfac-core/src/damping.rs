@@ -137,6 +137,16 @@ pub struct DampingSchedule {
 }
 
 impl DampingSchedule {
+    /// Tikhonov damping with $\lambda$ a constant or a [`Schedule`].
+    pub fn tikhonov(lambda: impl Into<Schedule>) -> Self {
+        Self { kind: DampingKind::Tikhonov, lambda: lambda.into() }
+    }
+
+    /// Factored damping with the trace $\pi$ and $\lambda$ a constant or a [`Schedule`].
+    pub fn factored(lambda: impl Into<Schedule>) -> Self {
+        Self { kind: DampingKind::Factored(PiRule::Trace), lambda: lambda.into() }
+    }
+
     /// The damping at `step`.
     pub fn at(&self, step: usize) -> Result<Damping> {
         let lambda = self.lambda.at(step);

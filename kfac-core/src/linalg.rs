@@ -41,8 +41,10 @@ pub struct SymEig<T> {
 ///   [`LinAlgError::ShapeMismatch`] or [`LinAlgError::NotSquare`], never panics.
 /// - Decompositions check their input for NaN and infinities first and
 ///   return [`LinAlgError::NonFinite`].
-/// - With `beta == 0` the previous content of the output is ignored (a NaN
-///   there does not propagate).
+/// - As in BLAS, with `beta == 0` the previous content of the output is
+///   ignored (a NaN there does not propagate), and with `alpha == 0` the
+///   operands `a`, `b` are not read.
+/// - Arrays returned by the decompositions may have any memory layout.
 /// - Parallelism is a property of the backend value (e.g. a thread count
 ///   given at construction), never a global setting changed behind the
 ///   caller's back.
@@ -66,8 +68,10 @@ pub trait LinAlg<T: Real>: Send + Sync + Debug {
     /// The Gram matrix of a batch, $C \leftarrow \alpha X^\top X + \beta C$.
     ///
     /// `x` is $N \times d$ (one example per row), `c` is $d \times d$ and
-    /// receives the full symmetric result (both triangles). The default
-    /// computes it with [`LinAlg::gemm`]; backends may exploit the symmetry.
+    /// receives the full symmetric result (both triangles). With `beta != 0`
+    /// the previous `c` must be symmetric: a backend may read only its lower
+    /// triangle. The default computes it with [`LinAlg::gemm`]; backends may
+    /// exploit the symmetry.
     fn gram(&self, alpha: T, x: ArrayView2<'_, T>, beta: T, c: ArrayViewMut2<'_, T>) -> Result<(), LinAlgError> {
         self.gemm(alpha, x.t(), x, beta, c)
     }

@@ -123,7 +123,16 @@ impl<T: Real> Preconditioner<T> {
     /// statistics. When it will not, the caller may skip computing them
     /// (e.g. the extra backward pass of the true Fisher) and pass `None`.
     pub fn needs_statistics(&self) -> bool {
-        self.step % self.config.stats_period == 0 || self.step % self.config.scalings_period == 0
+        let (stats_due, scalings_due) = self.due();
+        stats_due || scalings_due
+    }
+
+    /// Whether the statistics, and the scalings of blocks that have them, are
+    /// due at the current step.
+    fn due(&self) -> (bool, bool) {
+        let k = self.step;
+        let scalings = self.blocks.iter().any(|b| b.has_scalings());
+        (k.is_multiple_of(self.config.stats_period), scalings && k.is_multiple_of(self.config.scalings_period))
     }
 
     /// One step of statistics and cache maintenance; see the type's docs.
@@ -131,8 +140,7 @@ impl<T: Real> Preconditioner<T> {
     /// [`needs_statistics`](Self::needs_statistics) is false.
     pub fn update(&mut self, la: &dyn LinAlg<T>, batches: Option<&[LayerBatch<'_, T>]>) -> Result<()> {
         let k = self.step;
-        let stats_due = k % self.config.stats_period == 0;
-        let scalings_due = k % self.config.scalings_period == 0;
+        let (stats_due, scalings_due) = self.due();
         let batches = match batches {
             Some(b) => {
                 if b.len() != self.blocks.len() {
@@ -156,7 +164,7 @@ impl<T: Real> Preconditioner<T> {
         let decay = self.config.decay.at(k);
         check_decay(decay)?;
         let damping = self.config.damping.at(k)?;
-        let refresh_due = k % self.config.refresh_period == 0;
+        let refresh_due = k.is_multiple_of(self.config.refresh_period);
         for (i, block) in self.blocks.iter_mut().enumerate() {
             if let (true, Some(b)) = (stats_due, batches) {
                 block.update_statistics(la, &b[i], decay)?;

@@ -194,14 +194,12 @@ impl<'a, T: Real> LayerBatch<'a, T> {
         }
         check_shape(block, "inputs", self.inputs.dim(), (n, shape.d_in))?;
         check_shape(block, "grads", self.grads.dim(), (n, shape.d_out))?;
-        if let GradScale::MeanLoss { batch_size } = self.scale {
-            if batch_size == 0 {
-                return Err(Error::InvalidConfig {
-                    what: "GradScale::MeanLoss::batch_size",
-                    value: "0".into(),
-                    why: "must be positive",
-                });
-            }
+        if let GradScale::MeanLoss { batch_size: 0 } = self.scale {
+            return Err(Error::InvalidConfig {
+                what: "GradScale::MeanLoss::batch_size",
+                value: "0".into(),
+                why: "must be positive",
+            });
         }
         check_finite(block, "inputs", self.inputs)?;
         check_finite(block, "grads", self.grads)?;

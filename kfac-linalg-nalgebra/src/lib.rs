@@ -1,1 +1,326 @@
-//! wip
+//! The [nalgebra](https://docs.rs/nalgebra) backend of [`kfac_core::LinAlg`].
+//!
+//! [`Nalgebra`] implements [`LinAlg<f32>`](LinAlg) and [`LinAlg<f64>`](LinAlg)
+//! in pure Rust with nalgebra's dense routines:
+//!
+//! | operation | nalgebra call |
+//! |---|---|
+//! | [`gemm`](LinAlg::gemm) | [`Matrix::gemm`](nalgebra::Matrix::gemm) (the `matrixmultiply` kernels) |
+//! | [`gram`](LinAlg::gram) | the same, lower triangle mirrored onto the upper one |
+//! | [`eigh`](LinAlg::eigh) | [`SymmetricEigen::try_new`], eigenpairs then sorted |
+//! | [`spd_inverse`](LinAlg::spd_inverse) | [`Cholesky`] and [`Cholesky::inverse`] |
+//! | [`spd_solve`](LinAlg::spd_solve) | [`Cholesky`] and [`Cholesky::solve_mut`] |
+//!
+//! Contiguous [`ndarray`] operands (row-major or column-major) are viewed as
+//! nalgebra matrices without copying (a row-major array is a column-major
+//! matrix with swapped strides); other layouts (sliced, negative strides)
+//! are copied first. The decompositions always work on a copy, as nalgebra's
+//! decompositions consume their input. Arrays returned by the decompositions
+//! are in standard (row-major) layout.
+//!
+//! Everything runs on the calling thread. This backend is the portable
+//! reference; for speed on large matrices use `kfac-linalg-faer`.
+//!
+//! # Example
+//!
+//! ```
+//! use kfac_core::LinAlg;
+//! use kfac_linalg_nalgebra::Nalgebra;
+//! use ndarray::array;
+//!
+//! let la: &dyn LinAlg<f64> = &Nalgebra::new();
+//!
+//! // A = U diag(s) U^T with s in nondecreasing order.
+//! let a = array![[2.0, 1.0], [1.0, 2.0]];
+//! let eig = la.eigh(a.view())?;
+//! assert!((eig.values[0] - 1.0).abs() < 1e-12);
+//! assert!((eig.values[1] - 3.0).abs() < 1e-12);
+//!
+//! // (C ⊗ D) vec(X) = vec(D X C^T), without forming C ⊗ D.
+//! let c = array![[1.0, 0.0], [0.0, 2.0]];
+//! let d = array![[3.0]];
+//! let x = array![[1.0, 1.0]];
+//! let y = la.kron_matvec(c.view(), d.view(), x.view())?;
+//! assert_eq!(y, array![[3.0, 6.0]]);
+//! # Ok::<(), kfac_core::LinAlgError>(())
+//! ```
+
+use std::cmp::Ordering;
+
+use kfac_core::linalg::{check_gemm_shapes, check_square_finite};
+use kfac_core::{LinAlg, LinAlgError, Real, SymEig};
+use nalgebra::{Cholesky, DMatrix, Dyn, MatrixView, MatrixViewMut, RealField, SymmetricEigen};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, s};
+
+/// The nalgebra backend: dense linear algebra in pure Rust, single-threaded.
+///
+/// It has no settings: use the unit value `Nalgebra`, [`Nalgebra::new`] or
+/// [`Nalgebra::default`], all the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Nalgebra;
+
+impl Nalgebra {
+    /// The backend, same as the unit value `Nalgebra`.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self
+    }
+}
+
+/// A nalgebra view with run-time strides, the one view type used here.
+type View<'a, T> = MatrixView<'a, T, Dyn, Dyn, Dyn, Dyn>;
+/// The mutable counterpart of [`View`].
+type ViewMut<'a, T> = MatrixViewMut<'a, T, Dyn, Dyn, Dyn, Dyn>;
+
+/// An ndarray view made available to nalgebra: borrowed when its elements
+/// are contiguous, copied otherwise.
+enum Operand<'a, T: nalgebra::Scalar> {
+    /// Contiguous elements with the (row, column) strides that address them.
+    Borrowed { data: &'a [T], shape: (usize, usize), strides: (usize, usize) },
+    /// A column-major copy.
+    Copied(DMatrix<T>),
+}
+
+impl<'a, T: Real + nalgebra::Scalar> Operand<'a, T> {
+    fn new(a: ArrayView2<'a, T>) -> Self {
+        let (m, n) = a.dim();
+        if let Some(data) = a.to_slice() {
+            // Row-major: the column-major view of the transpose, strides swapped.
+            Self::Borrowed { data, shape: (m, n), strides: (n, 1) }
+        } else if let Some(data) = a.reversed_axes().to_slice() {
+            Self::Borrowed { data, shape: (m, n), strides: (1, m) }
+        } else {
+            Self::Copied(DMatrix::from_fn(m, n, |i, j| a[[i, j]]))
+        }
+    }
+
+    /// The elements, the shape and the (row, column) strides.
+    fn parts(&self) -> (&[T], (usize, usize), (usize, usize)) {
+        match self {
+            Self::Borrowed { data, shape, strides } => (data, *shape, *strides),
+            Self::Copied(a) => (a.as_slice(), a.shape(), (1, a.nrows())),
+        }
+    }
+
+    /// Whether consecutive rows are adjacent in memory (column-major).
+    fn unit_row_stride(&self) -> bool {
+        self.parts().2.0 == 1
+    }
+
+    /// Whether consecutive columns are adjacent in memory (row-major).
+    fn unit_col_stride(&self) -> bool {
+        self.parts().2.1 == 1
+    }
+
+    /// The matrix, viewed.
+    fn view(&self) -> View<'_, T> {
+        let (data, (m, n), (rs, cs)) = self.parts();
+        View::from_slice_with_strides(data, m, n, rs, cs)
+    }
+
+    /// Its transpose, viewed.
+    fn view_t(&self) -> View<'_, T> {
+        let (data, (m, n), (rs, cs)) = self.parts();
+        View::from_slice_with_strides(data, n, m, cs, rs)
+    }
+
+    /// An owned column-major copy.
+    fn into_owned(self) -> DMatrix<T> {
+        match self {
+            Self::Copied(a) => a,
+            borrowed => borrowed.view().clone_owned(),
+        }
+    }
+}
+
+/// Runs `f` on `c` viewed as a nalgebra matrix: in place when `c` is
+/// contiguous, otherwise on a copy that is written back. With `read ==
+/// false` the copy starts from zeros instead of the content of `c`.
+fn with_view_mut<T: Real + nalgebra::Scalar>(
+    mut c: ArrayViewMut2<'_, T>,
+    read: bool,
+    f: impl FnOnce(&mut ViewMut<'_, T>),
+) {
+    let (m, n) = c.dim();
+    if let Some(data) = c.as_slice_mut() {
+        f(&mut ViewMut::from_slice_with_strides_mut(data, m, n, n, 1));
+        return;
+    }
+    let mut ct = c.view_mut().reversed_axes();
+    if let Some(data) = ct.as_slice_mut() {
+        f(&mut ViewMut::from_slice_with_strides_mut(data, m, n, 1, m));
+        return;
+    }
+    let mut tmp = if read { DMatrix::from_fn(m, n, |i, j| c[[i, j]]) } else { DMatrix::zeros(m, n) };
+    f(&mut ViewMut::from_slice_with_strides_mut(tmp.as_mut_slice(), m, n, 1, m));
+    let tmp = tmp.as_slice();
+    c.indexed_iter_mut().for_each(|((i, j), x)| *x = tmp[i + j * m]);
+}
+
+/// A column-major nalgebra matrix as a standard-layout array.
+fn to_array<T: Real + nalgebra::Scalar>(a: &DMatrix<T>) -> Array2<T> {
+    let (m, n) = a.shape();
+    let data = a.as_slice();
+    Array2::from_shape_fn((m, n), |(i, j)| data[i + j * m])
+}
+
+/// $C \leftarrow \beta C$, with $\beta = 0$ overwriting (NaN does not propagate).
+fn scale<T: Real>(c: &mut ArrayViewMut2<'_, T>, beta: T) {
+    if beta == T::zero() {
+        c.fill(T::zero());
+    } else if beta != T::one() {
+        c.map_inplace(|x| *x *= beta);
+    }
+}
+
+/// Copies the strict lower triangle of the square `c` onto its upper one.
+fn mirror_lower_to_upper<T: Real>(mut c: ArrayViewMut2<'_, T>) {
+    let n = c.nrows();
+    for i in 0..n.saturating_sub(1) {
+        let (mut row, col) = c.multi_slice_mut((s![i, i + 1..], s![i + 1.., i]));
+        row.assign(&col);
+    }
+}
+
+/// The Cholesky factorisation of the lower triangle of `a`, which the caller
+/// checked to be square and finite.
+///
+/// nalgebra's checked constructor only says whether it failed, so this runs
+/// the same left-looking algorithm unchecked and finds the first pivot
+/// $\ell_{jj} = \sqrt{d_j}$ that is not positive (NaN for $d_j < 0$, zero for
+/// $d_j = 0$): exactly where [`Cholesky::new`] would have stopped, reported
+/// as [`LinAlgError::NotPositiveDefinite`] with `index` $= j$.
+fn cholesky<T: Real + RealField>(a: ArrayView2<'_, T>) -> Result<Cholesky<T, Dyn>, LinAlgError> {
+    let chol = Cholesky::new_unchecked(Operand::new(a).into_owned());
+    let l = chol.l_dirty();
+    match (0..l.nrows()).find(|&j| l[(j, j)].partial_cmp(&T::zero()) != Some(Ordering::Greater)) {
+        Some(index) => Err(LinAlgError::NotPositiveDefinite { index }),
+        None => Ok(chol),
+    }
+}
+
+/// The QR sweeps nalgebra may spend per eigenvalue before
+/// [`LinAlg::eigh`] gives up with [`LinAlgError::NoConvergence`] (the limit
+/// LAPACK's `dsteqr` uses).
+const EIGH_SWEEPS_PER_EIGENVALUE: usize = 30;
+
+impl<T> LinAlg<T> for Nalgebra
+where
+    T: Real + RealField,
+{
+    fn name(&self) -> &'static str {
+        "nalgebra"
+    }
+
+    /// $C \leftarrow \alpha A B + \beta C$ with [`Matrix::gemm`](nalgebra::Matrix::gemm).
+    ///
+    /// As in BLAS, `alpha == 0` (or an inner dimension of 0) gives
+    /// $\beta C$ without reading `a` and `b`, and `beta == 0` never reads `c`.
+    fn gemm(
+        &self,
+        alpha: T,
+        a: ArrayView2<'_, T>,
+        b: ArrayView2<'_, T>,
+        beta: T,
+        mut c: ArrayViewMut2<'_, T>,
+    ) -> Result<(), LinAlgError> {
+        check_gemm_shapes(&a, &b, &c)?;
+        if c.is_empty() {
+            return Ok(());
+        }
+        if a.ncols() == 0 || alpha == T::zero() {
+            scale(&mut c, beta);
+            return Ok(());
+        }
+        // nalgebra 0.35's fallback for products with a side of at most 5
+        // (`gemv`, then `axcpy`) indexes out of bounds when the left factor
+        // has a row stride other than 1, so the left factor is always
+        // column-major: A itself, or Bᵀ in Cᵀ = Bᵀ Aᵀ, or else a copy of A.
+        let (a, b) = (Operand::new(a), Operand::new(b));
+        let read = beta != T::zero();
+        if !a.unit_row_stride() && b.unit_col_stride() {
+            with_view_mut(c.reversed_axes(), read, |ct| {
+                ct.gemm(alpha, &b.view_t(), &a.view_t(), beta);
+            });
+            return Ok(());
+        }
+        let a = if a.unit_row_stride() { a } else { Operand::Copied(a.into_owned()) };
+        with_view_mut(c, read, |c| {
+            c.gemm(alpha, &a.view(), &b.view(), beta);
+        });
+        Ok(())
+    }
+
+    /// $C \leftarrow \alpha X^\top X + \beta C$: the full product, then the
+    /// lower triangle mirrored so that the result is exactly symmetric.
+    fn gram(&self, alpha: T, x: ArrayView2<'_, T>, beta: T, mut c: ArrayViewMut2<'_, T>) -> Result<(), LinAlgError> {
+        self.gemm(alpha, x.t(), x, beta, c.view_mut())?;
+        mirror_lower_to_upper(c);
+        Ok(())
+    }
+
+    /// Eigendecomposition with [`SymmetricEigen::try_new`] of the matrix
+    /// symmetrised from the lower triangle of `a`; nalgebra returns the
+    /// eigenpairs unsorted, they are sorted here (stably) by eigenvalue.
+    fn eigh(&self, a: ArrayView2<'_, T>) -> Result<SymEig<T>, LinAlgError> {
+        check_square_finite("eigh", &a)?;
+        let n = a.nrows();
+        if n == 0 {
+            return Ok(SymEig { values: Array1::zeros(0), vectors: Array2::zeros((0, 0)) });
+        }
+        let mut m = Operand::new(a).into_owned();
+        // nalgebra scales by the largest entry of the whole matrix.
+        m.fill_upper_triangle_with_lower_triangle();
+        let eig = SymmetricEigen::try_new(m, <T as Real>::EPSILON, EIGH_SWEEPS_PER_EIGENVALUE * n)
+            .ok_or(LinAlgError::NoConvergence { op: "eigh" })?;
+        let (values, vectors) = (eig.eigenvalues, eig.eigenvectors);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&i, &j| values[i].to_f64_exact().total_cmp(&values[j].to_f64_exact()));
+        let data = vectors.as_slice();
+        let mut sorted = Array2::<T>::zeros((n, n));
+        for (mut dst, &src) in sorted.columns_mut().into_iter().zip(&order) {
+            dst.assign(&ArrayView1::from(&data[src * n..(src + 1) * n]));
+        }
+        Ok(SymEig { values: order.iter().map(|&i| values[i]).collect(), vectors: sorted })
+    }
+
+    /// Inverse through the Cholesky factor with [`Cholesky::inverse`], lower
+    /// triangle mirrored so that the result is exactly symmetric.
+    fn spd_inverse(&self, a: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError> {
+        check_square_finite("spd_inverse", &a)?;
+        let mut inv = cholesky(a)?.inverse();
+        inv.fill_upper_triangle_with_lower_triangle();
+        Ok(to_array(&inv))
+    }
+
+    /// Solves $A X = B$ with [`Cholesky::solve_mut`]: two triangular solves.
+    fn spd_solve(&self, a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError> {
+        check_square_finite("spd_solve", &a)?;
+        if b.nrows() != a.nrows() {
+            return Err(LinAlgError::ShapeMismatch {
+                op: "spd_solve",
+                detail: format!("A is {:?}, B is {:?}", a.dim(), b.dim()),
+            });
+        }
+        let chol = cholesky(a)?;
+        let mut x = Operand::new(b).into_owned();
+        chol.solve_mut(&mut x);
+        Ok(to_array(&x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The `LinAlg` contract is checked in `kfac-core/tests/linalg.rs` and
+    //! `kfac-core/tests/conformance.rs` for every backend; here only what is
+    //! particular to this one.
+    use super::*;
+    use kfac_core::LinAlg;
+
+    #[test]
+    fn constructors() {
+        assert_eq!(<Nalgebra as Default>::default(), Nalgebra::new());
+        assert_eq!(Nalgebra, Nalgebra::new());
+        assert_eq!(LinAlg::<f64>::name(&Nalgebra::new()), "nalgebra");
+    }
+}

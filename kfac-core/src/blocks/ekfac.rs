@@ -119,6 +119,10 @@ impl<T: Real> CurvatureBlock<T> for EkfacBlock<T> {
         self.factors.commit(decay).map(|_| ())
     }
 
+    fn has_scalings(&self) -> bool {
+        true
+    }
+
     fn accumulate_scalings(&mut self, la: &dyn LinAlg<T>, batch: &LayerBatch<'_, T>) -> Result<()> {
         let shape = self.shape();
         batch.validate(&self.name, shape)?;

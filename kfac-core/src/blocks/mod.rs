@@ -97,6 +97,12 @@ pub trait CurvatureBlock<T: Real>: Send + Sync + Debug {
         self.commit(decay)
     }
 
+    /// Whether the block keeps statistics in its cached basis (EKFAC's $S$),
+    /// updated by [`update_scalings`](Self::update_scalings). `false` by default.
+    fn has_scalings(&self) -> bool {
+        false
+    }
+
     /// Adds a batch to statistics that live in the cached basis (EKFAC's $S$).
     /// A no-op by default.
     fn accumulate_scalings(&mut self, _la: &dyn LinAlg<T>, _batch: &LayerBatch<'_, T>) -> Result<()> {

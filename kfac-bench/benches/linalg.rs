@@ -1,0 +1,121 @@
+//! Backend and block benchmarks, grouped as `op/backend`:
+//!
+//! - `eigh/{faer,faer-direct,nalgebra}`: symmetric eigendecomposition, d = 256, 512, 1000;
+//!   `faer-direct` calls faer's own `self_adjoint_eigen` on a faer matrix, the
+//!   reference for the cost of our layer.
+//! - `spd_inverse/{faer,nalgebra}`: Cholesky inverse, same sizes.
+//! - `matmul/faer-direct`: the products of one preconditioning of a 1000 x 1001 layer
+//!   (the FLOP-rate reference).
+//! - `precondition/{kfac-eigen,kfac-inverse,ekfac}-{faer,nalgebra}`: one 1000 x 1001 layer.
+//! - `update/{kfac,ekfac}-faer`: statistics of a batch of 1000 for that layer.
+//!
+//! Run: `cargo bench -p kfac-bench --bench linalg` (add `-- eigh` to filter).
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use kfac_bench::{batch, batch_data, matrix, spd};
+use kfac_core::{BlockKind, Damping, KfacMethod, LayerShape, LinAlg};
+use kfac_linalg_faer::Faer;
+use kfac_linalg_nalgebra::Nalgebra;
+
+const SIZES: [usize; 3] = [256, 512, 1000];
+
+fn eigh(c: &mut Criterion) {
+    let mut g = c.benchmark_group("eigh");
+    g.sample_size(10);
+    let faer = Faer::new();
+    for &n in &SIZES {
+        let a = spd::<f64>(n, 1);
+        g.bench_with_input(BenchmarkId::new("faer", n), &a, |b, a| b.iter(|| faer.eigh(a.view()).unwrap()));
+        let fa = faer::Mat::<f64>::from_fn(n, n, |i, j| a[(i, j)]);
+        g.bench_with_input(BenchmarkId::new("faer-direct", n), &fa, |b, fa| {
+            b.iter(|| black_box(fa.self_adjoint_eigen(faer::Side::Lower).unwrap()))
+        });
+        if n <= 512 || std::env::var_os("KFAC_BENCH_SLOW").is_some() {
+            let nal = Nalgebra;
+            g.bench_with_input(BenchmarkId::new("nalgebra", n), &a, |b, a| b.iter(|| nal.eigh(a.view()).unwrap()));
+        }
+    }
+    g.finish();
+}
+
+fn spd_inverse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("spd_inverse");
+    g.sample_size(10);
+    let faer = Faer::new();
+    for &n in &SIZES {
+        let a = spd::<f64>(n, 2);
+        g.bench_with_input(BenchmarkId::new("faer", n), &a, |b, a| b.iter(|| faer.spd_inverse(a.view()).unwrap()));
+        g.bench_with_input(BenchmarkId::new("nalgebra", n), &a, |b, a| {
+            b.iter(|| Nalgebra.spd_inverse(a.view()).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// One 1000 x 1001 layer (784-style input with bias), a batch of 1000.
+const LAYER: LayerShape = LayerShape { d_in: 1000, d_out: 1000, bias: true };
+
+fn precondition(c: &mut Criterion) {
+    let mut g = c.benchmark_group("precondition");
+    g.sample_size(20);
+    let data = batch_data::<f64>(LAYER, 1000, 3);
+    let grad = matrix::<f64>(LAYER.d_out, LAYER.a_dim(), 4);
+    let backends: [(&str, &dyn LinAlg<f64>); 2] = [("faer", &Faer::new()), ("nalgebra", &Nalgebra)];
+    for (bname, la) in backends {
+        for (kname, kind, damping) in [
+            ("kfac-eigen", BlockKind::Kfac(KfacMethod::Eigen), Damping::tikhonov(1e-3)),
+            ("kfac-inverse", BlockKind::Kfac(KfacMethod::Inverse), Damping::factored(1e-3)),
+            ("ekfac", BlockKind::Ekfac, Damping::tikhonov(1e-3)),
+        ] {
+            let mut block = kind.build::<f64>("bench", LAYER).unwrap();
+            block.update_statistics(la, &batch(&data), 0.95).unwrap();
+            block.refresh(la, damping).unwrap();
+            block.update_scalings(la, &batch(&data), 0.95).unwrap();
+            g.bench_function(BenchmarkId::new(format!("{kname}-{bname}"), "1000x1001"), |b| {
+                b.iter(|| block.precondition(la, grad.view()).unwrap())
+            });
+        }
+    }
+    // The reference: the same products straight on faer, into preallocated
+    // column-major outputs. The eigen path is four (1000 x 1000) x (1000 x 1001)
+    // products; two are shown here, so compare with half the eigen path's time.
+    let (m, k) = (LAYER.d_out, LAYER.a_dim());
+    let ub = faer::Mat::<f64>::from_fn(m, m, |i, j| ((i * 7 + j) % 13) as f64);
+    let ua = faer::Mat::<f64>::from_fn(k, k, |i, j| ((i * 5 + j) % 11) as f64);
+    let v = faer::Mat::<f64>::from_fn(m, k, |i, j| grad[(i, j)]);
+    let mut t = faer::Mat::<f64>::zeros(m, k);
+    let mut out = faer::Mat::<f64>::zeros(m, k);
+    let par = faer::Par::rayon(0);
+    g.bench_function(BenchmarkId::new("two-matmuls-faer-direct", "1000x1001"), |b| {
+        b.iter(|| {
+            faer::linalg::matmul::matmul(t.as_mut(), faer::Accum::Replace, ub.transpose(), v.as_ref(), 1.0, par);
+            faer::linalg::matmul::matmul(out.as_mut(), faer::Accum::Replace, t.as_ref(), ua.as_ref(), 1.0, par);
+            black_box(&out);
+        })
+    });
+    g.finish();
+}
+
+fn update(c: &mut Criterion) {
+    let mut g = c.benchmark_group("update");
+    g.sample_size(10);
+    let data = batch_data::<f64>(LAYER, 1000, 5);
+    let la = Faer::new();
+    for (name, kind) in [("kfac-faer", BlockKind::Kfac(KfacMethod::Eigen)), ("ekfac-faer", BlockKind::Ekfac)] {
+        let mut block = kind.build::<f64>("bench", LAYER).unwrap();
+        block.update_statistics(&la, &batch(&data), 0.95).unwrap();
+        block.refresh(&la, Damping::tikhonov(1e-3)).unwrap();
+        g.bench_function(BenchmarkId::new(name, "1000x1001/N=1000"), |b| {
+            b.iter(|| {
+                block.update_statistics(&la, &batch(&data), 0.95).unwrap();
+                block.update_scalings(&la, &batch(&data), 0.95).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, eigh, spd_inverse, precondition, update);
+criterion_main!(benches);

@@ -1,0 +1,33 @@
+//! Shared inputs of the kfac benchmarks (`cargo bench -p kfac-bench`).
+//!
+//! Benchmarks are grouped as `op/backend` with the size as the parameter.
+
+use kfac_core::{LayerBatch, LayerShape, Real};
+use ndarray::Array2;
+
+/// A deterministic pseudo-random matrix with entries in [-1, 1).
+pub fn matrix<T: Real>(rows: usize, cols: usize, seed: u64) -> Array2<T> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    Array2::from_shape_fn((rows, cols), |_| {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        T::from_f64_lossy(((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
+    })
+}
+
+/// A symmetric positive definite matrix $X^\top X / n + I$ of side `n`, the shape of a Kronecker factor.
+pub fn spd<T: Real>(n: usize, seed: u64) -> Array2<T> {
+    let x = matrix::<T>(2 * n, n, seed);
+    let mut a = x.t().dot(&x) / T::from_usize(2 * n).unwrap();
+    a.diag_mut().mapv_inplace(|v| v + T::one());
+    a
+}
+
+/// A batch for a layer: inputs `n x shape.d_in` and gradients `n x shape.d_out`.
+pub fn batch_data<T: Real>(shape: LayerShape, n: usize, seed: u64) -> (Array2<T>, Array2<T>) {
+    (matrix(n, shape.d_in, seed), matrix(n, shape.d_out, seed + 1))
+}
+
+/// Views `batch_data` as a [`LayerBatch`].
+pub fn batch<'a, T: Real>(data: &'a (Array2<T>, Array2<T>)) -> LayerBatch<'a, T> {
+    LayerBatch::new(data.0.view(), data.1.view())
+}
