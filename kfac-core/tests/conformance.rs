@@ -326,7 +326,7 @@ fn check_singular<T: Real>(la: &dyn LinAlg<T>, p: &Problem) -> Check {
     Ok(())
 }
 
-const CASES: u32 = 48;
+const CASES: u32 = 128;
 
 macro_rules! suite {
     ($name:ident, $t:ty, $backend:expr) => {

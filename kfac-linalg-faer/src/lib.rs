@@ -13,8 +13,9 @@
 //! | [`spd_solve`](LinAlg::spd_solve) | [`llt::factor::cholesky_in_place`] and [`llt::solve::solve_in_place`] |
 //!
 //! [`ndarray`] operands are viewed as faer matrices without copying, whatever
-//! their strides (row-major, column-major, sliced, negative strides). Arrays
-//! returned by the decompositions are in standard (row-major) layout.
+//! their strides (row-major, column-major, sliced, negative strides). The
+//! eigenvectors come back column-major (as faer computes them, no copy);
+//! inverses and solutions row-major.
 //!
 //! # Example
 //!
@@ -345,7 +346,7 @@ where
         .map_err(|e| match e {
             EvdError::NoConvergence => LinAlgError::NoConvergence { op: "eigh" },
         })?;
-        Ok(SymEig { values: s.iter().copied().collect(), vectors: u.as_standard_layout().into_owned() })
+        Ok(SymEig { values: s.iter().copied().collect(), vectors: u })
     }
 
     /// Inverse through the Cholesky factor $L$ ($A = L L^\top$):

@@ -1,0 +1,361 @@
+//! `kfac`: train an MLP with K-FAC, EKFAC, SGD or Adam, and compare them.
+//!
+//! `kfac train` with no arguments trains the deep MNIST autoencoder with
+//! EKFAC on the embedded data and writes `out/train/metrics.json`,
+//! `metrics.csv` and `loss.png`. `kfac compare` runs several optimizers on the
+//! same task, seed and batches. `kfac <command> --help` lists the options.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use kfac_nn::backend::{Backend, Scalar};
+use kfac_nn::loss::FisherMode;
+use kfac_nn::mlp::Parallelism;
+use kfac_nn::optim::{OptimizerConfig, OptimizerKind};
+use kfac_nn::report;
+use kfac_nn::train::{self, DataSource, Metrics, Task, TaskKind, TrainConfig};
+use kfac_nn::{Error, Result};
+
+#[derive(Parser, Debug)]
+#[command(name = "kfac", version, about = "K-FAC and EKFAC natural-gradient training of MLPs", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train one network and write metrics.json, metrics.csv and loss.png.
+    Train {
+        #[command(flatten)]
+        common: Common,
+        /// The optimizer.
+        #[arg(long, value_enum, default_value_t = Opt::Ekfac)]
+        optimizer: Opt,
+        /// Output directory.
+        #[arg(long, default_value = "out/train")]
+        out: PathBuf,
+    },
+    /// Train several optimizers on the same task, seed and batches; write a
+    /// table (compare.json) and plots of loss against steps and seconds.
+    Compare {
+        #[command(flatten)]
+        common: Common,
+        /// Comma-separated optimizers.
+        #[arg(long, value_delimiter = ',', default_value = "sgd,adam,kfac,ekfac")]
+        optimizers: Vec<Opt>,
+        /// Output directory (one subdirectory per optimizer).
+        #[arg(long, default_value = "out/compare")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// The problem.
+    #[arg(long, value_enum, default_value_t = TaskArg::Autoencoder)]
+    task: TaskArg,
+    /// Embedded data set (default: mnist5k for the autoencoder, digits for the classifier).
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetArg>,
+    /// Directory with the full MNIST IDX files (train-images-idx3-ubyte[.gz], ...); overrides --dataset.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Training steps (default: 200 for the autoencoder, 300 for the classifier).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Examples per step (default: 1000 for the autoencoder, 256 for the classifier).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Learning rate (default: the optimizer's, see the README).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Momentum (SGD, K-FAC, EKFAC).
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Nesterov momentum (SGD).
+    #[arg(long)]
+    nesterov: bool,
+    /// Tikhonov damping of the curvature (K-FAC, EKFAC).
+    #[arg(long)]
+    damping: Option<f64>,
+    /// True Fisher (targets sampled from the model) or empirical Fisher (data targets).
+    #[arg(long, value_enum, default_value_t = FisherArg::True)]
+    fisher: FisherArg,
+    /// Decay of the running curvature statistics.
+    #[arg(long)]
+    decay: Option<f64>,
+    /// Update the curvature statistics every N steps.
+    #[arg(long)]
+    stats_period: Option<usize>,
+    /// Recompute the eigenbases every N steps.
+    #[arg(long)]
+    refresh_period: Option<usize>,
+    /// Update EKFAC's scalings every N steps.
+    #[arg(long)]
+    scalings_period: Option<usize>,
+    /// KL clip (a number, or "none").
+    #[arg(long)]
+    kl_clip: Option<String>,
+    /// Fraction of each batch used for the curvature statistics (tau).
+    #[arg(long)]
+    stats_fraction: Option<f64>,
+    /// L2 coefficient.
+    #[arg(long)]
+    l2: Option<f64>,
+    /// Seed of the split, the initialisation, the batches and the sampled targets.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Linear-algebra backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Faer)]
+    backend: BackendArg,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Floating-point precision of the training.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+    /// How the MLP's products are parallelised.
+    #[arg(long, value_enum, default_value_t = ParArg::Products)]
+    parallelism: ParArg,
+    /// Evaluate the test loss every N steps.
+    #[arg(long, default_value_t = 20)]
+    eval_every: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+macro_rules! value_enum {
+    ($name:ident { $($variant:ident => $target:expr),* $(,)? } -> $t:ty) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+        enum $name { $($variant),* }
+        impl From<$name> for $t {
+            fn from(v: $name) -> $t {
+                match v { $($name::$variant => $target),* }
+            }
+        }
+    };
+}
+
+value_enum!(Opt { Sgd => OptimizerKind::Sgd, Adam => OptimizerKind::Adam, Kfac => OptimizerKind::Kfac, Ekfac => OptimizerKind::Ekfac } -> OptimizerKind);
+value_enum!(TaskArg { Autoencoder => TaskKind::Autoencoder, Classifier => TaskKind::Classifier } -> TaskKind);
+value_enum!(FisherArg { True => FisherMode::True, Empirical => FisherMode::Empirical } -> FisherMode);
+value_enum!(BackendArg { Faer => Backend::Faer, Nalgebra => Backend::Nalgebra } -> Backend);
+value_enum!(ParArg { Products => Parallelism::Products, Shards => Parallelism::Shards } -> Parallelism);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DatasetArg {
+    Mnist5k,
+    Digits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Precision {
+    F32,
+    F64,
+}
+
+impl Common {
+    fn config(&self, kind: OptimizerKind) -> Result<TrainConfig> {
+        let mut o = OptimizerConfig::defaults(kind);
+        if let Some(v) = self.lr {
+            o.lr = v;
+        }
+        if let Some(v) = self.momentum {
+            o.momentum = v;
+        }
+        o.nesterov = self.nesterov;
+        if let Some(v) = self.damping {
+            o.damping = v;
+        }
+        o.fisher = self.fisher.into();
+        if let Some(v) = self.decay {
+            o.decay = v;
+        }
+        if let Some(v) = self.stats_period {
+            o.stats_period = v;
+        }
+        if let Some(v) = self.refresh_period {
+            o.refresh_period = v;
+        }
+        if let Some(v) = self.scalings_period {
+            o.scalings_period = v;
+        }
+        if let Some(v) = &self.kl_clip {
+            o.kl_clip = match v.as_str() {
+                "none" | "off" => None,
+                s => Some(s.parse::<f64>().map_err(|_| Error::Config {
+                    what: "kl-clip",
+                    value: s.into(),
+                    why: "a positive number or \"none\"".into(),
+                })?),
+            };
+        }
+        if let Some(v) = self.stats_fraction {
+            o.stats_fraction = v;
+        }
+        if let Some(v) = self.l2 {
+            o.l2 = v;
+        }
+        o.validate()?;
+        let task: TaskKind = self.task.into();
+        let mut c = TrainConfig::new(task, o);
+        if let Some(d) = self.dataset {
+            c.data = match d {
+                DatasetArg::Mnist5k => DataSource::Mnist5k,
+                DatasetArg::Digits => DataSource::Digits,
+            };
+        }
+        if let Some(dir) = &self.data {
+            c.data = DataSource::MnistDir(dir.clone());
+        }
+        if let Some(v) = self.steps {
+            c.steps = v;
+        }
+        if let Some(v) = self.batch_size {
+            c.batch_size = v;
+        }
+        if c.steps == 0 || c.batch_size == 0 || self.eval_every == 0 {
+            return Err(Error::Config {
+                what: "steps / batch-size / eval-every",
+                value: format!("{} / {} / {}", c.steps, c.batch_size, self.eval_every),
+                why: "must be positive".into(),
+            });
+        }
+        c.seed = self.seed;
+        c.backend = self.backend.into();
+        c.parallelism = self.parallelism.into();
+        c.eval_every = self.eval_every;
+        c.precision = match self.precision {
+            Precision::F32 => "f32",
+            Precision::F64 => "f64",
+        }
+        .into();
+        Ok(c)
+    }
+}
+
+fn run_one<T: Scalar>(config: &TrainConfig, task: &Task, quiet: bool, label: &str) -> Result<Metrics> {
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(config.steps as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    let metrics = train::train::<T>(config, task, &mut |rec| {
+        bar.set_position(rec.step as u64);
+        bar.set_message(format!("loss {:.4}", rec.loss));
+    });
+    bar.finish_and_clear();
+    metrics
+}
+
+fn dispatch(config: &TrainConfig, task: &Task, quiet: bool, label: &str) -> Result<Metrics> {
+    if config.precision == "f64" {
+        run_one::<f64>(config, task, quiet, label)
+    } else {
+        run_one::<f32>(config, task, quiet, label)
+    }
+}
+
+fn summary(m: &Metrics) -> String {
+    let acc = m
+        .test
+        .last()
+        .and_then(|t| t.accuracy)
+        .map(|a| format!(", test accuracy {:.2}%", 100.0 * a))
+        .unwrap_or_default();
+    format!(
+        "{:>6}: final train loss {:.4}, test loss {:.4}{acc}, {} steps in {:.1} s ({:.2} steps/s)",
+        m.config.optimizer.kind.name(),
+        m.final_loss,
+        m.final_test_loss,
+        m.steps.len(),
+        m.seconds,
+        m.steps.len() as f64 / m.seconds.max(1e-9)
+    )
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let common = match &cli.command {
+        Command::Train { common, .. } | Command::Compare { common, .. } => common.clone(),
+    };
+    let threads = common.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 {
+        return Err(Error::Config { what: "threads", value: "0".into(), why: "must be at least 1".into() });
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Config {
+        what: "threads",
+        value: threads.to_string(),
+        why: e.to_string(),
+    })?;
+    pool.install(|| match cli.command {
+        Command::Train { common, optimizer, out } => {
+            let config = common.config(optimizer.into())?;
+            let task = Task::load(config.task, &config.data, config.seed)?;
+            let start = Instant::now();
+            let metrics = dispatch(&config, &task, common.quiet, optimizer.into_kind().name())?;
+            report::write_run(&out, &metrics)?;
+            println!("{}", summary(&metrics));
+            println!(
+                "wrote {} (metrics.json, metrics.csv, loss.png) in {:.1} s",
+                out.display(),
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Compare { common, optimizers, out } => {
+            if optimizers.is_empty() {
+                return Err(Error::Config {
+                    what: "optimizers",
+                    value: String::new(),
+                    why: "name at least one".into(),
+                });
+            }
+            let first = common.config(optimizers[0].into())?;
+            let task = Task::load(first.task, &first.data, first.seed)?;
+            let mut runs = Vec::new();
+            for opt in &optimizers {
+                let config = common.config((*opt).into())?;
+                let metrics = dispatch(&config, &task, common.quiet, opt.into_kind().name())?;
+                report::write_run(&out.join(opt.into_kind().name()), &metrics)?;
+                println!("{}", summary(&metrics));
+                runs.push(metrics);
+            }
+            let table = report::write_comparison(&out, &runs)?;
+            println!("\n{table}");
+            println!(
+                "wrote {} (compare.json, compare_steps.png, compare_seconds.png, one folder per optimizer)",
+                out.display()
+            );
+            Ok(())
+        }
+    })
+}
+
+impl Opt {
+    fn into_kind(self) -> OptimizerKind {
+        self.into()
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

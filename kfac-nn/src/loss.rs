@@ -1,0 +1,175 @@
+//! Losses as negative log-likelihoods of predictive distributions.
+//!
+//! Each loss takes the network's last pre-activations $s$ (one example per
+//! row), owns the output link, and is the negative log-likelihood of a
+//! distribution $p(t \mid s)$ **summed over outputs** and **averaged over the
+//! batch**:
+//!
+//! | loss | distribution | $\ell(s, t)$ | $\partial \ell / \partial s$ |
+//! |---|---|---|---|
+//! | [`Loss::SoftmaxCrossEntropy`] | categorical, $p = \operatorname{softmax}(s)$ | $-\sum_k t_k \log p_k$ | $p - t$ |
+//! | [`Loss::SigmoidCrossEntropy`] | independent Bernoulli, $p = \sigma(s)$ | $-\sum_k t_k \log p_k + (1 - t_k)\log(1 - p_k)$ | $p - t$ |
+//! | [`Loss::SquaredError`] | Gaussian $\mathcal N(s, I)$ | $\tfrac12 \lVert s - t\rVert^2$ | $s - t$ |
+//!
+//! For these (canonical-link) losses the Fisher equals the generalised
+//! Gauss–Newton matrix. The **true Fisher** uses gradients at targets drawn
+//! from $p(t \mid s)$ ([`Loss::sample`]); the **empirical Fisher** uses the data
+//! targets ([`FisherMode`]).
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::backend::Scalar;
+use crate::error::{Error, Result};
+use crate::mlp::sigmoid;
+use crate::rng::Rng;
+
+/// A loss; see the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// Softmax cross-entropy (one-hot or soft targets).
+    SoftmaxCrossEntropy,
+    /// Sigmoid cross-entropy, summed over outputs (targets in [0, 1]).
+    SigmoidCrossEntropy,
+    /// Half the squared error, summed over outputs.
+    SquaredError,
+}
+
+/// Which targets feed the curvature statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FisherMode {
+    /// Targets sampled from the model's predictive distribution (the Fisher).
+    #[default]
+    True,
+    /// The data targets (the empirical Fisher; Kunstner et al., 2019).
+    Empirical,
+}
+
+fn check<T>(s: &ArrayView2<'_, T>, t: &ArrayView2<'_, T>) -> Result<()> {
+    if s.dim() != t.dim() {
+        return Err(Error::Shape { what: "targets", expected: s.dim(), found: t.dim() });
+    }
+    Ok(())
+}
+
+/// $\log(1 + e^{x})$ without overflow.
+fn softplus(x: f64) -> f64 {
+    if x > 0.0 { x + (-x).exp().ln_1p() } else { x.exp().ln_1p() }
+}
+
+impl Loss {
+    /// The mean over the batch of the per-example losses, accumulated in `f64`.
+    pub fn value<T: Scalar>(self, s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> Result<f64> {
+        check(&s, &t)?;
+        let n = s.nrows().max(1) as f64;
+        let total: f64 = match self {
+            Self::SquaredError => {
+                s.iter().zip(t.iter()).map(|(&a, &b)| 0.5 * (a.to_f64_exact() - b.to_f64_exact()).powi(2)).sum()
+            }
+            Self::SigmoidCrossEntropy => s
+                .iter()
+                .zip(t.iter())
+                .map(|(&a, &b)| {
+                    let (x, y) = (a.to_f64_exact(), b.to_f64_exact());
+                    // -[y log σ(x) + (1-y) log(1-σ(x))] = softplus(x) - y x
+                    softplus(x) - y * x
+                })
+                .sum(),
+            Self::SoftmaxCrossEntropy => s
+                .outer_iter()
+                .zip(t.outer_iter())
+                .map(|(row, trow)| {
+                    let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.to_f64_exact()));
+                    let lse = m + row.iter().map(|&x| (x.to_f64_exact() - m).exp()).sum::<f64>().ln();
+                    row.iter().zip(trow.iter()).map(|(&x, &y)| y.to_f64_exact() * (lse - x.to_f64_exact())).sum::<f64>()
+                })
+                .sum(),
+        };
+        Ok(total / n)
+    }
+
+    /// The predictive mean $E[t \mid s]$: softmax, sigmoid or $s$.
+    pub fn mean<T: Scalar>(self, s: ArrayView2<'_, T>) -> Array2<T> {
+        match self {
+            Self::SquaredError => s.to_owned(),
+            Self::SigmoidCrossEntropy => s.mapv(sigmoid),
+            Self::SoftmaxCrossEntropy => {
+                let mut p = s.to_owned();
+                for mut row in p.outer_iter_mut() {
+                    let m = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+                    row.mapv_inplace(|x| (x - m).exp());
+                    let z = row.sum();
+                    row.mapv_inplace(|x| x / z);
+                }
+                p
+            }
+        }
+    }
+
+    /// The per-example gradients $\partial \ell_n / \partial s_n = E[t \mid s_n] - t_n$
+    /// (not divided by the batch size).
+    pub fn grad<T: Scalar>(self, s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> Result<Array2<T>> {
+        check(&s, &t)?;
+        let mut g = self.mean(s);
+        g -= &t;
+        Ok(g)
+    }
+
+    /// Targets drawn from the predictive distribution $p(t \mid s)$: a one-hot
+    /// class from the softmax, a 0/1 per output from the sigmoid, $s + \varepsilon$
+    /// with $\varepsilon \sim \mathcal N(0, I)$ for the squared error.
+    pub fn sample<T: Scalar>(self, s: ArrayView2<'_, T>, rng: &mut Rng) -> Array2<T> {
+        match self {
+            Self::SquaredError => s.mapv(|x| x + T::from_f64_lossy(rng.normal())),
+            Self::SigmoidCrossEntropy => {
+                let p = self.mean(s);
+                p.mapv(|q| if rng.uniform() < q.to_f64_exact() { T::one() } else { T::zero() })
+            }
+            Self::SoftmaxCrossEntropy => {
+                let p = self.mean(s);
+                let mut t = Array2::zeros(s.dim());
+                for (prow, mut trow) in p.outer_iter().zip(t.outer_iter_mut()) {
+                    let u = rng.uniform();
+                    let mut acc = 0.0;
+                    let mut k = prow.len() - 1;
+                    for (j, &q) in prow.iter().enumerate() {
+                        acc += q.to_f64_exact();
+                        if u < acc {
+                            k = j;
+                            break;
+                        }
+                    }
+                    trow[k] = T::one();
+                }
+                t
+            }
+        }
+    }
+
+    /// The per-example gradients at sampled targets, the input of the true
+    /// Fisher statistics: $E[t \mid s_n] - \tilde t_n$, $\tilde t_n \sim p(t \mid s_n)$.
+    pub fn sampled_grad<T: Scalar>(self, s: ArrayView2<'_, T>, rng: &mut Rng) -> Array2<T> {
+        let t = self.sample(s, rng);
+        let mut g = self.mean(s);
+        g -= &t;
+        g
+    }
+
+    /// Fraction of rows whose arg-max matches the target's (classification accuracy).
+    pub fn accuracy<T: Scalar>(s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> f64 {
+        let argmax = |r: ndarray::ArrayView1<'_, T>| {
+            r.iter()
+                .enumerate()
+                .fold((0, T::neg_infinity()), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+                .0
+        };
+        let hits = s.outer_iter().zip(t.outer_iter()).filter(|(a, b)| argmax(*a) == argmax(*b)).count();
+        hits as f64 / s.nrows().max(1) as f64
+    }
+}
+
+/// Sums of squares of a gradient list, for diagnostics.
+pub fn sum_squares<T: Scalar>(xs: &[Array2<T>]) -> f64 {
+    xs.iter().map(|x| x.iter().map(|v| v.to_f64_exact().powi(2)).sum::<f64>()).sum()
+}

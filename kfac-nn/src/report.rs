@@ -1,0 +1,217 @@
+//! Writing results: atomic files, `metrics.json` / `metrics.csv`, and plots.
+//!
+//! Every file is written to a temporary name in the same directory, synced
+//! to disk and renamed over the target, so a crash never leaves a truncated
+//! file behind and an existing file is replaced only by a complete one.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::train::Metrics;
+
+/// The font used for the plots' text (DejaVu Sans, embedded; its licence is
+/// in `assets/DejaVuSans-LICENSE.txt`).
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Registration only fails for unparsable font data; the embedded
+        // font parses (checked by the tests), so the result is ignored.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp{ext}", std::process::id()))
+}
+
+/// Replaces `path` by a complete file with `bytes`: write to a temporary
+/// file beside it, sync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| Error::io(path, e))
+}
+
+/// Creates `dir` (and its parents) if needed.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Writes `metrics.json`, `metrics.csv` and `loss.png` into `dir`.
+pub fn write_run(dir: &Path, metrics: &Metrics) -> Result<()> {
+    ensure_dir(dir)?;
+    write_atomic(&dir.join("metrics.json"), serde_json::to_string_pretty(metrics)?.as_bytes())?;
+    let mut csv = String::from("step,loss,seconds,test_loss,test_accuracy\n");
+    let mut tests = metrics.test.iter().peekable();
+    for s in &metrics.steps {
+        let (tl, ta) = match tests.next_if(|t| t.step == s.step) {
+            Some(t) => (t.loss.to_string(), t.accuracy.map(|a| a.to_string()).unwrap_or_default()),
+            None => (String::new(), String::new()),
+        };
+        csv.push_str(&format!("{},{},{},{},{}\n", s.step, s.loss, s.seconds, tl, ta));
+    }
+    write_atomic(&dir.join("metrics.csv"), csv.as_bytes())?;
+    let train: Vec<(f64, f64)> = metrics.steps.iter().map(|s| (s.step as f64, s.loss)).collect();
+    let test: Vec<(f64, f64)> = metrics.test.iter().map(|t| (t.step as f64, t.loss)).collect();
+    let title = format!("{} on {:?}", metrics.config.optimizer.kind.name(), metrics.config.task);
+    plot(&dir.join("loss.png"), &title, "step", &[("train (batch)".into(), train), ("test".into(), test)])
+}
+
+/// A line plot of several series with a logarithmic loss axis, written
+/// atomically as a PNG.
+pub fn plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    register_font();
+    let finite = |v: f64| v.is_finite() && v > 0.0;
+    let points = series.iter().flat_map(|(_, s)| s.iter()).filter(|p| finite(p.1) && p.0.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in points {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0.partial_cmp(&x1) != Some(std::cmp::Ordering::Less) {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if y0.partial_cmp(&y1) != Some(std::cmp::Ordering::Less) {
+        (y0, y1) = (if y0.is_finite() { y0 * 0.5 } else { 0.1 }, if y1.is_finite() { y1 * 2.0 } else { 10.0 });
+    }
+    let tmp = temp_path(path);
+    let err = |e: &dyn std::fmt::Display| Error::Plot { path: path.to_path_buf(), reason: e.to_string() };
+    {
+        let root = BitMapBackend::new(&tmp, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 24))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, (y0 * 0.95..y1 * 1.05).log_scale())
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("loss (log scale)")
+            .label_style(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let palette = [&BLUE, &RED, &GREEN, &MAGENTA, &CYAN, &BLACK, &RGBColor(255, 140, 0), &RGBColor(128, 0, 128)];
+        for (i, (name, s)) in series.iter().enumerate() {
+            let color = palette[i % palette.len()];
+            let pts: Vec<(f64, f64)> = s.iter().copied().filter(|p| finite(p.1)).collect();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// One row of the comparison table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ComparisonRow {
+    /// The optimizer.
+    pub optimizer: String,
+    /// Its learning rate.
+    pub lr: f64,
+    /// Loss on the whole training split after the last step.
+    pub final_loss: f64,
+    /// Test loss after the last step.
+    pub final_test_loss: f64,
+    /// Training seconds.
+    pub seconds: f64,
+    /// Median seconds per step.
+    pub median_step_seconds: f64,
+    /// Median step time relative to the first optimizer's.
+    pub step_cost_ratio: f64,
+}
+
+/// Median of the per-step durations of a run.
+pub fn median_step_seconds(m: &Metrics) -> f64 {
+    let mut d: Vec<f64> = m.steps.windows(2).map(|w| w[1].seconds - w[0].seconds).collect();
+    if let Some(first) = m.steps.first() {
+        d.push(first.seconds);
+    }
+    if d.is_empty() {
+        return f64::NAN;
+    }
+    d.sort_by(f64::total_cmp);
+    d[d.len() / 2]
+}
+
+/// Writes `compare.json`, `compare_steps.png` and `compare_seconds.png` into
+/// `dir` and returns the table as text.
+pub fn write_comparison(dir: &Path, runs: &[Metrics]) -> Result<String> {
+    ensure_dir(dir)?;
+    let base = runs.first().map(median_step_seconds).unwrap_or(f64::NAN);
+    let rows: Vec<ComparisonRow> = runs
+        .iter()
+        .map(|m| {
+            let med = median_step_seconds(m);
+            ComparisonRow {
+                optimizer: m.config.optimizer.kind.name().into(),
+                lr: m.config.optimizer.lr,
+                final_loss: m.final_loss,
+                final_test_loss: m.final_test_loss,
+                seconds: m.seconds,
+                median_step_seconds: med,
+                step_cost_ratio: med / base,
+            }
+        })
+        .collect();
+    let json = serde_json::json!({
+        "task": runs.first().map(|m| m.config.task),
+        "steps": runs.first().map(|m| m.config.steps),
+        "batch_size": runs.first().map(|m| m.config.batch_size),
+        "seed": runs.first().map(|m| m.config.seed),
+        "threads": runs.first().map(|m| m.threads),
+        "rows": rows,
+    });
+    write_atomic(&dir.join("compare.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    let by = |f: &dyn Fn(&crate::train::StepRecord) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        runs.iter()
+            .map(|m| (m.config.optimizer.kind.name().to_string(), m.steps.iter().map(|s| (f(s), s.loss)).collect()))
+            .collect()
+    };
+    let task = runs.first().map(|m| format!("{:?}", m.config.task)).unwrap_or_default();
+    plot(&dir.join("compare_steps.png"), &format!("{task}: batch loss"), "step", &by(&|s| s.step as f64))?;
+    plot(&dir.join("compare_seconds.png"), &format!("{task}: batch loss"), "seconds", &by(&|s| s.seconds))?;
+    let mut table = format!(
+        "| optimizer | lr | final train loss | final test loss | seconds | median s/step | step cost vs {} |\n|---|---|---|---|---|---|---|\n",
+        rows.first().map_or("-", |r| r.optimizer.as_str())
+    );
+    for r in &rows {
+        table.push_str(&format!(
+            "| {} | {} | {:.4} | {:.4} | {:.1} | {:.4} | {:.2} |\n",
+            r.optimizer, r.lr, r.final_loss, r.final_test_loss, r.seconds, r.median_step_seconds, r.step_cost_ratio
+        ));
+    }
+    Ok(table)
+}

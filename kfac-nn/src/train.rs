@@ -1,0 +1,273 @@
+//! Tasks, the training loop and its metrics.
+//!
+//! A run is fully determined by its [`TrainConfig`] (seed included) and the
+//! number of threads: same inputs, same losses, bit for bit. The `seconds`
+//! of the metrics count training only: the clock is paused while the test
+//! loss is evaluated.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::{Array2, ArrayView2, s};
+
+use crate::backend::{Backend, Scalar};
+use crate::data::{self, Batches, Dataset};
+use crate::error::{Error, Result};
+use crate::loss::Loss;
+use crate::mlp::{Activation, Init, Mlp, NoHook, Parallelism};
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::rng::Rng;
+
+/// The problems `kfac train` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// The deep MNIST autoencoder 784-1000-500-250-30-250-500-1000-784 of
+    /// Hinton & Salakhutdinov (2006), the benchmark of Martens (2010),
+    /// Martens & Grosse (2015) and George et al. (2018): tanh units, a linear
+    /// 30-unit code, sigmoid output with the Bernoulli cross-entropy summed
+    /// over pixels.
+    Autoencoder,
+    /// A softmax classifier (MNIST: 784-512-256-10; 8×8 digits: 64-128-128-10; tanh).
+    Classifier,
+}
+
+/// Where the examples come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    /// The 5,000-example MNIST subset embedded in the binary, split by the
+    /// seed into 4,000 training and 1,000 test examples.
+    Mnist5k,
+    /// The 1,797 8×8 digits embedded in the binary, split 80/20 by the seed.
+    Digits,
+    /// The full MNIST IDX files in a directory (60,000 + 10,000).
+    MnistDir(PathBuf),
+}
+
+/// Everything that defines a training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// The problem.
+    pub task: TaskKind,
+    /// The examples.
+    pub data: DataSource,
+    /// The optimizer and its hyperparameters.
+    pub optimizer: OptimizerConfig,
+    /// Number of steps.
+    pub steps: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Seed of the split, the initialisation, the batch order and the sampled targets.
+    pub seed: u64,
+    /// The linear-algebra backend.
+    pub backend: Backend,
+    /// How the MLP's products are parallelised.
+    pub parallelism: Parallelism,
+    /// Evaluate the test loss every this many steps (and after the last).
+    pub eval_every: usize,
+    /// `"f32"` or `"f64"` (informational: the run's type parameter decides).
+    pub precision: String,
+}
+
+impl TrainConfig {
+    /// The defaults for `task`: 200 steps of batch 1000 for the autoencoder,
+    /// 500 steps of batch 256 for the classifier on the 8×8 digits; EKFAC.
+    pub fn new(task: TaskKind, optimizer: OptimizerConfig) -> Self {
+        let (data, steps, batch_size) = match task {
+            TaskKind::Autoencoder => (DataSource::Mnist5k, 200, 1000),
+            TaskKind::Classifier => (DataSource::Digits, 300, 256),
+        };
+        Self {
+            task,
+            data,
+            optimizer,
+            steps,
+            batch_size,
+            seed: 0,
+            backend: Backend::Faer,
+            parallelism: Parallelism::default(),
+            eval_every: 20,
+            precision: "f32".into(),
+        }
+    }
+}
+
+/// A task ready to train: data, network shape and loss.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Training examples.
+    pub train: Dataset,
+    /// Test examples.
+    pub test: Dataset,
+    /// The layer widths, input first.
+    pub sizes: Vec<usize>,
+    /// `(layer, activation)` overrides of the hidden activation.
+    pub overrides: Vec<(usize, Activation)>,
+    /// The loss.
+    pub loss: Loss,
+    /// Whether the targets are the inputs.
+    pub autoencoder: bool,
+}
+
+impl Task {
+    /// Loads the data and lays out the network for `kind`.
+    pub fn load(kind: TaskKind, source: &DataSource, seed: u64) -> Result<Self> {
+        let (train, test) = match source {
+            DataSource::Mnist5k => data::mnist5k()?.split(0.2, seed)?,
+            DataSource::Digits => data::digits8x8()?.split(0.2, seed)?,
+            DataSource::MnistDir(dir) => data::mnist_dir(dir)?,
+        };
+        let d = train.dim();
+        Ok(match kind {
+            TaskKind::Autoencoder => Self {
+                sizes: vec![d, 1000, 500, 250, 30, 250, 500, 1000, d],
+                overrides: vec![(3, Activation::Identity)],
+                loss: Loss::SigmoidCrossEntropy,
+                autoencoder: true,
+                train,
+                test,
+            },
+            TaskKind::Classifier => {
+                let sizes = if d <= 64 { vec![d, 128, 128, train.classes] } else { vec![d, 512, 256, train.classes] };
+                Self { sizes, overrides: vec![], loss: Loss::SoftmaxCrossEntropy, autoencoder: false, train, test }
+            }
+        })
+    }
+
+    /// The network of this task, initialised from `seed`.
+    pub fn network<T: Scalar>(&self, seed: u64) -> Result<Mlp<T>> {
+        Mlp::new(&self.sizes, Activation::Tanh, Activation::Identity, Init::default(), seed, &self.overrides)
+    }
+
+    /// Inputs and targets of examples `idx` of `set`.
+    pub fn batch<T: Scalar>(&self, set: &Dataset, idx: &[usize]) -> (Array2<T>, Array2<T>) {
+        let x: Array2<T> = data::gather(&set.images, idx).mapv(|v| T::from_f64_lossy(f64::from(v)));
+        let t = if self.autoencoder {
+            x.clone()
+        } else {
+            let oh = set.one_hot();
+            data::gather(&oh, idx).mapv(|v| T::from_f64_lossy(f64::from(v)))
+        };
+        (x, t)
+    }
+
+    /// The mean loss (and accuracy for a classifier) of `mlp` on all of `set`,
+    /// in chunks of 1000 examples.
+    pub fn evaluate<T: Scalar>(
+        &self,
+        la: &dyn kfac::LinAlg<T>,
+        mlp: &Mlp<T>,
+        set: &Dataset,
+    ) -> Result<(f64, Option<f64>)> {
+        let n = set.len();
+        let (mut total, mut hits) = (0.0, 0.0);
+        let idx: Vec<usize> = (0..n).collect();
+        for chunk in idx.chunks(1000) {
+            let (x, t) = self.batch::<T>(set, chunk);
+            let fwd = mlp.forward(la, x.view(), &mut NoHook)?;
+            total += self.loss.value(fwd.output(), t.view())? * chunk.len() as f64;
+            hits += Loss::accuracy(fwd.output(), t.view()) * chunk.len() as f64;
+        }
+        let n = n.max(1) as f64;
+        Ok((total / n, (!self.autoencoder).then_some(hits / n)))
+    }
+}
+
+/// One training step's record.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepRecord {
+    /// Step number, from 1.
+    pub step: usize,
+    /// The batch loss before the step's update.
+    pub loss: f64,
+    /// Training seconds since the start (evaluation excluded).
+    pub seconds: f64,
+}
+
+/// A test evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TestRecord {
+    /// After this many steps.
+    pub step: usize,
+    /// Mean test loss.
+    pub loss: f64,
+    /// Test accuracy (classifier).
+    pub accuracy: Option<f64>,
+}
+
+/// What a run produces (written as `metrics.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Metrics {
+    /// The configuration.
+    pub config: TrainConfig,
+    /// Threads of the rayon pool the run used.
+    pub threads: usize,
+    /// Per step.
+    pub steps: Vec<StepRecord>,
+    /// At intervals.
+    pub test: Vec<TestRecord>,
+    /// The loss on the whole training split after the last step.
+    pub final_loss: f64,
+    /// The test loss after the last step.
+    pub final_test_loss: f64,
+    /// Training seconds in all.
+    pub seconds: f64,
+    /// Number of parameters.
+    pub parameters: usize,
+}
+
+/// Trains `task` as `config` says; `progress` sees each step.
+pub fn train<T: Scalar>(config: &TrainConfig, task: &Task, progress: &mut dyn FnMut(&StepRecord)) -> Result<Metrics> {
+    if config.batch_size == 0 || config.eval_every == 0 {
+        return Err(Error::Config {
+            what: "batch_size / eval_every",
+            value: format!("{} / {}", config.batch_size, config.eval_every),
+            why: "must be positive".into(),
+        });
+    }
+    let la = T::backend(config.backend, config.parallelism == Parallelism::Products)?;
+    let la = &*la;
+    let mut mlp = task.network::<T>(config.seed)?;
+    mlp.parallelism = config.parallelism;
+    let mut opt = Optimizer::new(config.optimizer.clone(), &mlp)?;
+    let mut batches = Batches::new(task.train.len(), config.batch_size, config.seed ^ 0xBA7C);
+    let mut rng = Rng::stream(config.seed, 0x005A_3F1E);
+    let mut steps = Vec::with_capacity(config.steps);
+    let mut test = Vec::new();
+    let mut elapsed = 0.0;
+    for step in 1..=config.steps {
+        let idx = batches.next_batch();
+        let (x, t) = task.batch::<T>(&task.train, &idx);
+        let start = Instant::now();
+        let report = opt.step(la, &mut mlp, x.view(), t.view(), task.loss, &mut rng).map_err(|e| match e {
+            Error::Diverged { loss, .. } => Error::Diverged { step, loss },
+            e => e,
+        })?;
+        elapsed += start.elapsed().as_secs_f64();
+        let rec = StepRecord { step, loss: report.loss, seconds: elapsed };
+        progress(&rec);
+        steps.push(rec);
+        if step % config.eval_every == 0 || step == config.steps {
+            let (loss, accuracy) = task.evaluate(la, &mlp, &task.test)?;
+            test.push(TestRecord { step, loss, accuracy });
+        }
+    }
+    let (final_loss, _) = task.evaluate(la, &mlp, &task.train)?;
+    let final_test_loss = test.last().map_or(f64::NAN, |t| t.loss);
+    Ok(Metrics {
+        config: config.clone(),
+        threads: rayon::current_num_threads(),
+        steps,
+        test,
+        final_loss,
+        final_test_loss,
+        seconds: elapsed,
+        parameters: mlp.num_params(),
+    })
+}
+
+/// Views of the first `n` rows (helper for callers that subsample).
+pub fn head<T>(x: &Array2<T>, n: usize) -> ArrayView2<'_, T> {
+    x.slice(s![..n.min(x.nrows()), ..])
+}
