@@ -16,6 +16,9 @@ use kfac_nn::backend::{Backend, Scalar};
 use kfac_nn::loss::Loss;
 use kfac_nn::mlp::{Activation, Init, Mlp, NoHook, Parallelism};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SIZES: [usize; 9] = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
 const N: usize = 1000;
 

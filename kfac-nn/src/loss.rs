@@ -16,11 +16,12 @@
 //! from $p(t \mid s)$ ([`Loss::sample`]); the **empirical Fisher** uses the data
 //! targets ([`FisherMode`]).
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
+use rayon::prelude::*;
 
 use crate::backend::Scalar;
 use crate::error::{Error, Result};
-use crate::mlp::sigmoid;
+use crate::mlp::{par_map_inplace, sigmoid};
 use crate::rng::Rng;
 
 /// A loss; see the [module docs](self).
@@ -59,52 +60,50 @@ fn softplus(x: f64) -> f64 {
 }
 
 impl Loss {
-    /// The mean over the batch of the per-example losses, accumulated in `f64`.
+    /// The mean over the batch of the per-example losses, accumulated in `f64`
+    /// (rows in parallel, summed in a fixed order).
     pub fn value<T: Scalar>(self, s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> Result<f64> {
         check(&s, &t)?;
         let n = s.nrows().max(1) as f64;
-        let total: f64 = match self {
-            Self::SquaredError => {
-                s.iter().zip(t.iter()).map(|(&a, &b)| 0.5 * (a.to_f64_exact() - b.to_f64_exact()).powi(2)).sum()
+        let rows: Vec<f64> = s
+            .axis_iter(Axis(0))
+            .into_par_iter()
+            .zip(t.axis_iter(Axis(0)).into_par_iter())
+            .map(|(row, trow)| self.row_value(row, trow))
+            .collect();
+        Ok(rows.iter().sum::<f64>() / n)
+    }
+
+    fn row_value<T: Scalar>(self, row: ArrayView1<'_, T>, trow: ArrayView1<'_, T>) -> f64 {
+        let pairs = row.iter().zip(trow.iter()).map(|(&a, &b)| (a.to_f64_exact(), b.to_f64_exact()));
+        match self {
+            Self::SquaredError => pairs.map(|(x, y)| 0.5 * (x - y).powi(2)).sum(),
+            // -[y log σ(x) + (1-y) log(1-σ(x))] = softplus(x) - y x
+            Self::SigmoidCrossEntropy => pairs.map(|(x, y)| softplus(x) - y * x).sum(),
+            Self::SoftmaxCrossEntropy => {
+                let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.to_f64_exact()));
+                let lse = m + row.iter().map(|&x| (x.to_f64_exact() - m).exp()).sum::<f64>().ln();
+                pairs.map(|(x, y)| y * (lse - x)).sum()
             }
-            Self::SigmoidCrossEntropy => s
-                .iter()
-                .zip(t.iter())
-                .map(|(&a, &b)| {
-                    let (x, y) = (a.to_f64_exact(), b.to_f64_exact());
-                    // -[y log σ(x) + (1-y) log(1-σ(x))] = softplus(x) - y x
-                    softplus(x) - y * x
-                })
-                .sum(),
-            Self::SoftmaxCrossEntropy => s
-                .outer_iter()
-                .zip(t.outer_iter())
-                .map(|(row, trow)| {
-                    let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.to_f64_exact()));
-                    let lse = m + row.iter().map(|&x| (x.to_f64_exact() - m).exp()).sum::<f64>().ln();
-                    row.iter().zip(trow.iter()).map(|(&x, &y)| y.to_f64_exact() * (lse - x.to_f64_exact())).sum::<f64>()
-                })
-                .sum(),
-        };
-        Ok(total / n)
+        }
     }
 
     /// The predictive mean $E[t \mid s]$: softmax, sigmoid or $s$.
     pub fn mean<T: Scalar>(self, s: ArrayView2<'_, T>) -> Array2<T> {
+        let mut p = s.to_owned();
         match self {
-            Self::SquaredError => s.to_owned(),
-            Self::SigmoidCrossEntropy => s.mapv(sigmoid),
+            Self::SquaredError => {}
+            Self::SigmoidCrossEntropy => par_map_inplace(p.view_mut(), sigmoid),
             Self::SoftmaxCrossEntropy => {
-                let mut p = s.to_owned();
-                for mut row in p.outer_iter_mut() {
+                p.axis_iter_mut(Axis(0)).into_par_iter().for_each(|mut row| {
                     let m = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
                     row.mapv_inplace(|x| (x - m).exp());
                     let z = row.sum();
                     row.mapv_inplace(|x| x / z);
-                }
-                p
+                });
             }
         }
+        p
     }
 
     /// The per-example gradients $\partial \ell_n / \partial s_n = E[t \mid s_n] - t_n$

@@ -46,12 +46,13 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// Applies $\phi$ elementwise in place.
-    pub fn apply<T: Real>(self, mut z: ArrayViewMut2<'_, T>) {
+    /// Applies $\phi$ elementwise in place, in parallel over the rayon pool
+    /// (elementwise, so the result does not depend on the thread count).
+    pub fn apply<T: Scalar>(self, z: ArrayViewMut2<'_, T>) {
         match self {
-            Self::Tanh => z.mapv_inplace(T::tanh),
-            Self::Relu => z.mapv_inplace(|x| if x > T::zero() { x } else { T::zero() }),
-            Self::Sigmoid => z.mapv_inplace(sigmoid),
+            Self::Tanh => par_map_inplace(z, T::tanh_fast),
+            Self::Relu => par_map_inplace(z, |x| if x > T::zero() { x } else { T::zero() }),
+            Self::Sigmoid => par_map_inplace(z, sigmoid),
             Self::Identity => {}
         }
     }
@@ -71,6 +72,18 @@ impl Activation {
             Self::Sigmoid => y * (T::one() - y),
             Self::Identity => T::one(),
         }
+    }
+}
+
+/// Elements per parallel task of the elementwise maps.
+const MAP_CHUNK: usize = 1 << 14;
+
+/// `x = f(x)` for every element, in parallel over contiguous chunks (plain
+/// loops that the compiler vectorises) when the view is contiguous.
+pub fn par_map_inplace<T: Scalar>(mut z: ArrayViewMut2<'_, T>, f: impl Fn(T) -> T + Sync + Send) {
+    match z.as_slice_memory_order_mut() {
+        Some(slice) => slice.par_chunks_mut(MAP_CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x = f(*x))),
+        None => z.par_mapv_inplace(f),
     }
 }
 
@@ -347,7 +360,7 @@ impl<T: Scalar> Mlp<T> {
                 let mut da = Array2::<T>::zeros((n, layer.d_in()));
                 self.product(la, T::one(), g.view(), layer.weight(), T::zero(), da.view_mut())?;
                 let prev = self.layers[l - 1].activation;
-                ndarray::Zip::from(&mut da).and(&a).for_each(|d, &y| *d *= prev.derivative_from_output(y));
+                ndarray::Zip::from(&mut da).and(&a).par_for_each(|d, &y| *d *= prev.derivative_from_output(y));
                 g = da;
             }
         }

@@ -59,6 +59,16 @@ impl OptimizerKind {
     }
 }
 
+/// How the damping enters K-FAC (see `kfac_core::damping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DampingChoice {
+    /// $(\hat F + \lambda I)^{-1}$ (the only choice for EKFAC).
+    Tikhonov,
+    /// $(A + \pi\sqrt\lambda I)^{-1} \otimes (B + \sqrt\lambda/\pi\, I)^{-1}$ (Martens & Grosse, §6.3).
+    Factored,
+}
+
 /// The hyperparameters of an optimizer. [`OptimizerConfig::defaults`] gives
 /// the documented defaults of each kind.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -79,8 +89,11 @@ pub struct OptimizerConfig {
     pub beta2: f64,
     /// Adam's $\epsilon$.
     pub eps: f64,
-    /// Tikhonov damping $\lambda$ of the curvature blocks.
+    /// Damping $\lambda$ of the curvature blocks.
     pub damping: f64,
+    /// How $\lambda$ enters: Tikhonov on the whole block, or factored with
+    /// the $\pi$ correction (K-FAC only).
+    pub damping_kind: DampingChoice,
     /// Decay of the running curvature statistics.
     pub decay: f64,
     /// Update the factor statistics every this many steps.
@@ -111,6 +124,7 @@ impl OptimizerConfig {
             beta2: 0.999,
             eps: 1e-8,
             damping: 1e-1,
+            damping_kind: DampingChoice::Tikhonov,
             decay: 0.95,
             stats_period: 1,
             refresh_period: 20,
@@ -142,6 +156,13 @@ impl OptimizerConfig {
         }
         if !(self.damping.is_finite() && self.damping >= 0.0) {
             return bad("damping", self.damping, "must be non-negative");
+        }
+        if self.kind == OptimizerKind::Ekfac && self.damping_kind == DampingChoice::Factored {
+            return Err(Error::Config {
+                what: "damping_kind",
+                value: "factored".into(),
+                why: "EKFAC's scalings are not a Kronecker product: use tikhonov".into(),
+            });
         }
         if !(0.0..=1.0).contains(&self.decay) {
             return bad("decay", self.decay, "must lie in [0, 1]");
@@ -207,7 +228,10 @@ impl<T: Scalar> Optimizer<T> {
                 };
                 let pc = PreconditionerConfig {
                     block,
-                    damping: DampingSchedule::tikhonov(config.damping),
+                    damping: match config.damping_kind {
+                        DampingChoice::Tikhonov => DampingSchedule::tikhonov(config.damping),
+                        DampingChoice::Factored => DampingSchedule::factored(config.damping),
+                    },
                     decay: Schedule::Constant(config.decay),
                     stats_period: config.stats_period,
                     refresh_period: config.refresh_period,

@@ -183,6 +183,9 @@ pub struct StepRecord {
     pub loss: f64,
     /// Training seconds since the start (evaluation excluded).
     pub seconds: f64,
+    /// The KL-clip factor applied to the step (K-FAC and EKFAC with clipping; 1 = not clipped).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kl_scale: Option<f64>,
 }
 
 /// A test evaluation.
@@ -245,7 +248,7 @@ pub fn train<T: Scalar>(config: &TrainConfig, task: &Task, progress: &mut dyn Fn
             e => e,
         })?;
         elapsed += start.elapsed().as_secs_f64();
-        let rec = StepRecord { step, loss: report.loss, seconds: elapsed };
+        let rec = StepRecord { step, loss: report.loss, seconds: elapsed, kl_scale: report.kl_scale };
         progress(&rec);
         steps.push(rec);
         if step % config.eval_every == 0 || step == config.steps {

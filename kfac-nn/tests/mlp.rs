@@ -186,3 +186,20 @@ fn sparse_init() {
         }
     }
 }
+
+/// The fast f32 tanh is within a few units in the last place of the exact one.
+#[test]
+fn fast_tanh_is_accurate() {
+    let mut worst = 0.0f64;
+    for i in -200_000..=200_000 {
+        let x = i as f32 * 1e-4;
+        let got = f64::from(kfac_nn::backend::tanh_f32(x));
+        let want = f64::from(x).tanh();
+        worst = worst.max((got - want).abs());
+    }
+    for x in [-1e30f32, -100.0, -9.0, 9.0, 100.0, 1e30] {
+        assert!((1.0 - kfac_nn::backend::tanh_f32(x).abs()) <= 2.0 * f32::EPSILON);
+    }
+    // f32 spacing near 1 is 6e-8: a few ulps.
+    assert!(worst < 4.0 * f64::from(f32::EPSILON), "max error {worst:e}");
+}

@@ -62,6 +62,11 @@ fn test() -> Result<(), String> {
             env: &[],
         },
         Step {
+            name: "tests (kfac-nn, nalgebra feature only)",
+            args: &["test", "-p", "kfac-nn", "--no-default-features", "--features", "nalgebra"],
+            env: &[],
+        },
+        Step {
             name: "docs",
             args: &["doc", "--workspace", "--no-deps", "--all-features"],
             env: &[("RUSTDOCFLAGS", "-D warnings")],

@@ -1,0 +1,131 @@
+//! The `kfac` command end to end: outputs, reproducibility, and clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn kfac() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kfac"))
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kfac-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+fn losses(m: &serde_json::Value) -> Vec<f64> {
+    m["steps"].as_array().unwrap().iter().map(|s| s["loss"].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn train_writes_metrics_csv_and_plot() {
+    let out = tempdir("train");
+    let st = kfac()
+        .args(["train", "--task", "classifier", "--optimizer", "kfac", "--steps", "12", "--eval-every", "5", "--quiet"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let m = metrics(&out);
+    assert_eq!(m["config"]["optimizer"]["kind"], "kfac");
+    assert_eq!(m["config"]["optimizer"]["fisher"], "true");
+    assert_eq!(losses(&m).len(), 12);
+    let steps: Vec<u64> = m["test"].as_array().unwrap().iter().map(|t| t["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![5, 10, 12]);
+    assert!(m["final_loss"].as_f64().unwrap().is_finite());
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 13);
+    assert!(csv.starts_with("step,loss,seconds"));
+    let png = std::fs::read(out.join("loss.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    // No temporary files are left behind.
+    for e in std::fs::read_dir(&out).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(!name.contains(".tmp"), "{name}");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Same seed and thread count: identical losses, bit for bit.
+#[test]
+fn same_seed_same_losses() {
+    let run = |name: &str, seed: &str, fisher: &str| {
+        let out = tempdir(name);
+        let st = kfac()
+            .args([
+                "train",
+                "--task",
+                "classifier",
+                "--optimizer",
+                "ekfac",
+                "--steps",
+                "8",
+                "--threads",
+                "2",
+                "--quiet",
+            ])
+            .args(["--seed", seed, "--fisher", fisher])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        let m = metrics(&out);
+        std::fs::remove_dir_all(&out).unwrap();
+        (losses(&m), m["final_loss"].as_f64().unwrap())
+    };
+    let a = run("a", "3", "true");
+    let b = run("b", "3", "true");
+    assert_eq!(a, b);
+    let c = run("c", "4", "true");
+    assert_ne!(a.0, c.0);
+    let e = run("e", "3", "empirical");
+    assert_ne!(a.0[1..], e.0[1..]);
+}
+
+#[test]
+fn compare_writes_table_and_plots() {
+    let out = tempdir("compare");
+    let st = kfac()
+        .args(["compare", "--task", "classifier", "--optimizers", "sgd,ekfac", "--steps", "6", "--quiet"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let stdout = String::from_utf8_lossy(&st.stdout);
+    assert!(stdout.contains("| sgd |") && stdout.contains("| ekfac |"), "{stdout}");
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(table["rows"].as_array().unwrap().len(), 2);
+    for f in ["compare_steps.png", "compare_seconds.png", "sgd/metrics.json", "ekfac/metrics.json"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // The same batches for every optimizer: the first batch loss is the same.
+    let l0 = |o: &str| losses(&metrics(&out.join(o)))[0];
+    assert_eq!(l0("sgd"), l0("ekfac"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_nonzero_exit() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["train", "--lr=-1"], "lr"),
+        (&["train", "--steps", "0"], "steps"),
+        (&["train", "--data", "/nonexistent/mnist"], "train-images-idx3-ubyte"),
+        (&["train", "--kl-clip", "big"], "kl-clip"),
+        (&["train", "--optimizer", "lbfgs"], "lbfgs"),
+    ];
+    for (args, needle) in cases {
+        let st = kfac().args(args).args(["--quiet", "--out"]).arg(tempdir("bad")).output().unwrap();
+        assert!(!st.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(err.contains(needle), "{args:?}: stderr does not mention {needle}: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
