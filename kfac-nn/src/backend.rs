@@ -14,6 +14,13 @@ pub enum Backend {
     Nalgebra,
 }
 
+impl Default for Backend {
+    /// faer when its feature is compiled in, else nalgebra.
+    fn default() -> Self {
+        if cfg!(feature = "faer") { Self::Faer } else { Self::Nalgebra }
+    }
+}
+
 impl Backend {
     /// The backend's name.
     pub fn name(self) -> &'static str {
@@ -121,6 +128,5 @@ impl_scalar!(f64);
 
 /// The sequential backend used inside parallel shards: faer if compiled in.
 pub(crate) fn sequential<T: Scalar>() -> Result<Box<dyn LinAlg<T>>> {
-    let kind = if cfg!(feature = "faer") { Backend::Faer } else { Backend::Nalgebra };
-    T::backend(kind, false)
+    T::backend(Backend::default(), false)
 }

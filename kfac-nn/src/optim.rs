@@ -111,8 +111,12 @@ pub struct OptimizerConfig {
 }
 
 impl OptimizerConfig {
-    /// The defaults of `kind`. The learning rates are the best of the grids
-    /// in the README on the reference autoencoder (batch 1000, 200 steps).
+    /// The defaults of `kind`: the best of the grids in the README on the
+    /// reference autoencoder (batch 1000, 200 steps, seed 0). SGD: lr 3e-3,
+    /// momentum 0.9. Adam: lr 3e-3. K-FAC: factored damping λ = 1, KL clip 1.
+    /// EKFAC: Tikhonov damping λ = 1, KL clip 1. All: ℓ2 1e-5, statistics
+    /// decay 0.95 on a quarter of each batch (true Fisher), eigenbases every
+    /// 20 steps, EKFAC scalings every step, momentum 0.9.
     pub fn defaults(kind: OptimizerKind) -> Self {
         let base = Self {
             kind,
@@ -134,9 +138,15 @@ impl OptimizerConfig {
             stats_fraction: 0.25,
         };
         match kind {
-            OptimizerKind::Sgd => Self { lr: 0.01, ..base },
-            OptimizerKind::Adam => Self { lr: 1e-3, ..base },
-            OptimizerKind::Kfac | OptimizerKind::Ekfac => Self { lr: 0.3, ..base },
+            OptimizerKind::Sgd => Self { lr: 3e-3, ..base },
+            OptimizerKind::Adam => Self { lr: 3e-3, ..base },
+            // The KL clip binds on the autoencoder, which makes the step
+            // sqrt(κ / ⟨Δ, ∇⟩) Δ whatever the learning rate: κ and λ are the
+            // knobs that matter (grid in the README).
+            OptimizerKind::Kfac => {
+                Self { lr: 0.3, damping: 1.0, damping_kind: DampingChoice::Factored, kl_clip: Some(1.0), ..base }
+            }
+            OptimizerKind::Ekfac => Self { lr: 0.3, damping: 1.0, kl_clip: Some(1.0), ..base },
         }
     }
 

@@ -85,7 +85,7 @@ impl TrainConfig {
             steps,
             batch_size,
             seed: 0,
-            backend: Backend::Faer,
+            backend: Backend::default(),
             parallelism: Parallelism::default(),
             eval_every: 20,
             precision: "f32".into(),

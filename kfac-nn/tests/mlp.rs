@@ -9,7 +9,7 @@ use kfac_nn::rng::Rng;
 use ndarray::{Array2, ArrayView2, Axis};
 
 fn la() -> Box<dyn LinAlg<f64>> {
-    f64::backend(Backend::Faer, true).unwrap()
+    f64::backend(Backend::default(), true).unwrap()
 }
 
 fn random(rows: usize, cols: usize, rng: &mut Rng) -> Array2<f64> {
@@ -141,7 +141,7 @@ fn sampled_targets_follow_the_predictive_distribution() {
 #[test]
 fn shards_equal_products() {
     let mut rng = Rng::new(4);
-    let la32 = f32::backend(Backend::Faer, true).unwrap();
+    let la32 = f32::backend(Backend::default(), true).unwrap();
     let mut a =
         Mlp::<f32>::new(&[20, 64, 30, 20], Activation::Tanh, Activation::Identity, Init::default(), 5, &[]).unwrap();
     let x = random(300, 20, &mut rng).mapv(|v| v as f32);

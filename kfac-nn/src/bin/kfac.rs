@@ -119,9 +119,9 @@ struct Common {
     /// Seed of the split, the initialisation, the batches and the sampled targets.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Linear-algebra backend.
-    #[arg(long, value_enum, default_value_t = BackendArg::Faer)]
-    backend: BackendArg,
+    /// Linear-algebra backend (default: faer when compiled in).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -241,7 +241,7 @@ impl Common {
             });
         }
         c.seed = self.seed;
-        c.backend = self.backend.into();
+        c.backend = self.backend.map_or_else(Backend::default, Into::into);
         c.parallelism = self.parallelism.into();
         c.eval_every = self.eval_every;
         c.precision = match self.precision {
