@@ -282,6 +282,13 @@ fn check_eigh<T: Real>(la: &dyn LinAlg<T>) {
     }
     // Repeated eigenvalues.
     check_eigh_of(la, &Array2::<T>::eye(20), Col, 800);
+    // Tiny, rank-deficient Gram matrices, like the output-gradient factor
+    // of a trained layer (entries around 1e-9).
+    for (n, rows) in [(128, 64), (65, 10)] {
+        let x = random::<f64>(rows, n, 850 + n as u64);
+        let tiny = x.t().dot(&x) * 1e-9;
+        check_eigh_of(la, &t_of::<T>(&tiny), Row, 860);
+    }
     // Sorting: diag(3, 1, 2) gives 1, 2, 3 with unit vectors e1, e2, e0.
     let d = t_of::<T>(&Array2::from_diag(&ndarray::arr1(&[3.0, 1.0, 2.0])));
     let eig = la.eigh(d.view()).unwrap();

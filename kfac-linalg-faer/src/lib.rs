@@ -346,6 +346,10 @@ where
         .map_err(|e| match e {
             EvdError::NoConvergence => LinAlgError::NoConvergence { op: "eigh" },
         })?;
+        // Never hand out NaN as a decomposition.
+        if !(s.iter().all(|x| x.is_finite()) && u.iter().all(|x| x.is_finite())) {
+            return Err(LinAlgError::NoConvergence { op: "eigh" });
+        }
         Ok(SymEig { values: s.iter().copied().collect(), vectors: u })
     }
 

@@ -190,6 +190,30 @@ fn mirror_lower_to_upper<T: Real>(mut c: ArrayViewMut2<'_, T>) {
 /// $\ell_{jj} = \sqrt{d_j}$ that is not positive (NaN for $d_j < 0$, zero for
 /// $d_j = 0$): exactly where [`Cholesky::new`] would have stopped, reported
 /// as [`LinAlgError::NotPositiveDefinite`] with `index` $= j$.
+/// `max(m, |x|)` (spelled out: nalgebra's and num-traits' `max`/`abs` clash).
+fn num_traits_max<T: Real>(m: T, x: T) -> T {
+    let ax = if x < T::zero() { -x } else { x };
+    if ax > m { ax } else { m }
+}
+
+/// The eigendecomposition of `a / scale`, eigenvalues scaled back and sorted.
+fn eigh_scaled<T: Real + RealField>(a: ArrayView2<'_, T>, scale: T, n: usize) -> Result<SymEig<T>, LinAlgError> {
+    let mut m = Operand::new(a).into_owned();
+    m.fill_upper_triangle_with_lower_triangle();
+    m.apply(|x| *x /= scale);
+    let eig = SymmetricEigen::try_new(m, <T as Real>::EPSILON, EIGH_SWEEPS_PER_EIGENVALUE * n)
+        .ok_or(LinAlgError::NoConvergence { op: "eigh" })?;
+    let (values, vectors) = (eig.eigenvalues, eig.eigenvectors);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| values[i].to_f64_exact().total_cmp(&values[j].to_f64_exact()));
+    let data = vectors.as_slice();
+    let mut sorted = Array2::<T>::zeros((n, n));
+    for (mut dst, &src) in sorted.columns_mut().into_iter().zip(&order) {
+        dst.assign(&ArrayView1::from(&data[src * n..(src + 1) * n]));
+    }
+    Ok(SymEig { values: order.iter().map(|&i| values[i] * scale).collect(), vectors: sorted })
+}
+
 fn cholesky<T: Real + RealField>(a: ArrayView2<'_, T>) -> Result<Cholesky<T, Dyn>, LinAlgError> {
     let chol = Cholesky::new_unchecked(Operand::new(a).into_owned());
     let l = chol.l_dirty();
@@ -268,20 +292,29 @@ where
         if n == 0 {
             return Ok(SymEig { values: Array1::zeros(0), vectors: Array2::zeros((0, 0)) });
         }
-        let mut m = Operand::new(a).into_owned();
-        // nalgebra scales by the largest entry of the whole matrix.
-        m.fill_upper_triangle_with_lower_triangle();
-        let eig = SymmetricEigen::try_new(m, <T as Real>::EPSILON, EIGH_SWEEPS_PER_EIGENVALUE * n)
-            .ok_or(LinAlgError::NoConvergence { op: "eigh" })?;
-        let (values, vectors) = (eig.eigenvalues, eig.eigenvectors);
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&i, &j| values[i].to_f64_exact().total_cmp(&values[j].to_f64_exact()));
-        let data = vectors.as_slice();
-        let mut sorted = Array2::<T>::zeros((n, n));
-        for (mut dst, &src) in sorted.columns_mut().into_iter().zip(&order) {
-            dst.assign(&ArrayView1::from(&data[src * n..(src + 1) * n]));
+        // Scale to unit largest entry first: on f32 Kronecker factors with
+        // entries around 1e-8, nalgebra's iteration produced NaN
+        // eigenvectors (seen on the digits classifier). The eigenvectors do
+        // not change; the eigenvalues are scaled back.
+        // Only the lower triangle is read (the contract).
+        let scale = a.indexed_iter().filter(|((i, j), _)| j <= i).fold(T::zero(), |m, (_, &x)| num_traits_max(m, x));
+        if scale == T::zero() {
+            return Ok(SymEig { values: Array1::zeros(n), vectors: Array2::eye(n) });
         }
-        Ok(SymEig { values: order.iter().map(|&i| values[i]).collect(), vectors: sorted })
+        let result = eigh_scaled(a, scale, n)?;
+        if result.values.iter().chain(result.vectors.iter()).all(|x| x.is_finite()) {
+            return Ok(result);
+        }
+        // Still not finite: redo it in f64, once.
+        if <T as Real>::NAME == "f64" {
+            return Err(LinAlgError::NoConvergence { op: "eigh" });
+        }
+        let wide = a.mapv(T::to_f64_exact);
+        let r = eigh_scaled(wide.view(), scale.to_f64_exact(), n)?;
+        if !r.values.iter().chain(r.vectors.iter()).all(|x| x.is_finite()) {
+            return Err(LinAlgError::NoConvergence { op: "eigh" });
+        }
+        Ok(SymEig { values: r.values.mapv(T::from_f64_lossy), vectors: r.vectors.mapv(T::from_f64_lossy) })
     }
 
     /// Inverse through the Cholesky factor with [`Cholesky::inverse`], lower

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ndarray::{Array2, ArrayView2, s};
+use ndarray::Array2;
 
 use crate::backend::{Backend, Scalar};
 use crate::data::{self, Batches, Dataset};
@@ -268,9 +268,4 @@ pub fn train<T: Scalar>(config: &TrainConfig, task: &Task, progress: &mut dyn Fn
         seconds: elapsed,
         parameters: mlp.num_params(),
     })
-}
-
-/// Views of the first `n` rows (helper for callers that subsample).
-pub fn head<T>(x: &Array2<T>, n: usize) -> ArrayView2<'_, T> {
-    x.slice(s![..n.min(x.nrows()), ..])
 }

@@ -129,3 +129,22 @@ fn bad_input_gives_a_clear_error_and_nonzero_exit() {
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
 }
+
+/// Regression: nalgebra's f32 eigendecomposition returned NaN eigenvectors on
+/// a factor of this run (step 3, layer 1) before the backend rescaled its
+/// input; EKFAC then refused the singular curvature.
+#[test]
+fn ekfac_trains_on_the_nalgebra_backend_in_f32() {
+    let out = tempdir("nalgebra");
+    let st = kfac()
+        .args(["train", "--task", "classifier", "--backend", "nalgebra", "--steps", "12", "--quiet"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let m = metrics(&out);
+    assert!(losses(&m).iter().all(|l| l.is_finite()));
+    assert!(m["final_loss"].as_f64().unwrap() < losses(&m)[0]);
+    std::fs::remove_dir_all(&out).unwrap();
+}
