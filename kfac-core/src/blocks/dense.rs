@@ -2,7 +2,7 @@
 
 use ndarray::{Array2, ArrayView2};
 
-use super::{CurvatureBlock, bytes, check_dense_size, check_operand, dec_err, lin_err, not_ready};
+use super::{CurvatureBlock, bytes, check_dense_size, check_operand, dec_err, lin_err, not_ready, tikhonov_only};
 use crate::average::MovingAverage;
 use crate::damping::Damping;
 use crate::error::{Error, Result};
@@ -43,15 +43,7 @@ impl<T: Real> DenseBlock<T> {
     }
 
     fn tikhonov(&self, damping: Damping) -> Result<f64> {
-        damping.validate()?;
-        match damping {
-            Damping::Tikhonov { lambda } => Ok(lambda),
-            Damping::Factored { .. } => Err(Error::UnsupportedDamping {
-                block: self.name.clone(),
-                damping: damping.to_string(),
-                why: "the exact block is not a Kronecker product; use Damping::Tikhonov",
-            }),
-        }
+        tikhonov_only(&self.name, damping, "the exact block is not a Kronecker product; use Damping::Tikhonov")
     }
 
     fn damped(&self, lambda: f64) -> Array2<T> {

@@ -2,7 +2,7 @@
 
 use ndarray::{Array2, ArrayView2, Axis, Zip, s};
 
-use super::{CurvatureBlock, check_dense_size, check_operand, lin_err, not_ready};
+use super::{CurvatureBlock, check_dense_size, check_operand, lin_err, not_ready, tikhonov_only};
 use crate::average::MovingAverage;
 use crate::damping::Damping;
 use crate::error::{Error, Result};
@@ -38,15 +38,7 @@ impl<T: Real> DiagonalBlock<T> {
     }
 
     fn tikhonov(&self, damping: Damping) -> Result<f64> {
-        damping.validate()?;
-        match damping {
-            Damping::Tikhonov { lambda } => Ok(lambda),
-            Damping::Factored { .. } => Err(Error::UnsupportedDamping {
-                block: self.name.clone(),
-                damping: damping.to_string(),
-                why: "a diagonal is not a Kronecker product; use Damping::Tikhonov",
-            }),
-        }
+        tikhonov_only(&self.name, damping, "a diagonal is not a Kronecker product; use Damping::Tikhonov")
     }
 
     fn lambda_checked(&self) -> Result<T> {

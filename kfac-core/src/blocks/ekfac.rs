@@ -4,7 +4,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis, Zip, s};
 
 use super::{
     CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, clamp_nonneg, dec_err, dense_in_basis, from_basis,
-    lin_err, not_ready, outer_plus, to_basis,
+    lin_err, not_ready, outer_plus, tikhonov_only, to_basis,
 };
 use crate::average::MovingAverage;
 use crate::damping::Damping;
@@ -81,15 +81,7 @@ impl<T: Real> EkfacBlock<T> {
     }
 
     fn check_damping(&self, damping: Damping) -> Result<f64> {
-        damping.validate()?;
-        match damping {
-            Damping::Tikhonov { lambda } => Ok(lambda),
-            Damping::Factored { .. } => Err(Error::UnsupportedDamping {
-                block: self.name.clone(),
-                damping: damping.to_string(),
-                why: "EKFAC's scalings are not a Kronecker product; use Damping::Tikhonov",
-            }),
-        }
+        tikhonov_only(&self.name, damping, "EKFAC's scalings are not a Kronecker product; use Damping::Tikhonov")
     }
 
     fn check_positive(&self, lambda: f64) -> Result<()> {

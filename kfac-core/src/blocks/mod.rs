@@ -171,6 +171,18 @@ pub(crate) fn dec_err<'a>(block: &'a str, what: &'static str) -> impl Fn(crate::
     move |source| Error::Decomposition { block: block.to_string(), what, source }
 }
 
+/// The $\lambda$ of a Tikhonov damping; any other damping is an
+/// [`Error::UnsupportedDamping`] of `block`, for the reason `why`.
+pub(crate) fn tikhonov_only(block: &str, damping: Damping, why: &'static str) -> Result<f64> {
+    damping.validate()?;
+    match damping {
+        Damping::Tikhonov { lambda } => Ok(lambda),
+        Damping::Factored { .. } => {
+            Err(Error::UnsupportedDamping { block: block.to_string(), damping: damping.to_string(), why })
+        }
+    }
+}
+
 pub(crate) fn not_ready(block: &str) -> Error {
     Error::NotReady { block: block.to_string(), what: "the cache is not built" }
 }
