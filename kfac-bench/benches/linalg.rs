@@ -7,6 +7,9 @@
 //! - `matmul/faer-direct`: the products of one preconditioning of a 1000 x 1001 layer
 //!   (the FLOP-rate reference).
 //! - `precondition/{kfac-eigen,kfac-inverse,ekfac}-{faer,nalgebra}`: one 1000 x 1001 layer.
+//! - `gram/{faer,faer-gemm,nalgebra}`: the Gram matrix XᵀX of a batch of 1000
+//!   examples of 784 features, f32: `LinAlg::gram` (faer: lower triangle only,
+//!   mirrored) against the full product `gemm(Xᵀ, X)`.
 //! - `update/{kfac,ekfac}-faer`: statistics of a batch of 1000 for that layer.
 //!
 //! Run: `cargo bench -p kfac-bench --bench linalg` (add `-- eigh` to filter).
@@ -98,6 +101,24 @@ fn precondition(c: &mut Criterion) {
     g.finish();
 }
 
+fn gram(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gram");
+    g.sample_size(20);
+    let x = matrix::<f32>(1000, 784, 6);
+    let mut out = ndarray::Array2::<f32>::zeros((784, 784));
+    let faer = Faer::new();
+    g.bench_function(BenchmarkId::new("faer", "1000x784"), |b| {
+        b.iter(|| faer.gram(1.0, x.view(), 0.0, out.view_mut()).unwrap())
+    });
+    g.bench_function(BenchmarkId::new("faer-gemm", "1000x784"), |b| {
+        b.iter(|| faer.gemm(1.0, x.t(), x.view(), 0.0, out.view_mut()).unwrap())
+    });
+    g.bench_function(BenchmarkId::new("nalgebra", "1000x784"), |b| {
+        b.iter(|| Nalgebra.gram(1.0, x.view(), 0.0, out.view_mut()).unwrap())
+    });
+    g.finish();
+}
+
 fn update(c: &mut Criterion) {
     let mut g = c.benchmark_group("update");
     g.sample_size(10);
@@ -117,5 +138,5 @@ fn update(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, eigh, spd_inverse, precondition, update);
+criterion_group!(benches, eigh, spd_inverse, precondition, gram, update);
 criterion_main!(benches);

@@ -154,3 +154,46 @@ pub fn check_square_finite<T: Real>(op: &'static str, a: &ArrayView2<'_, T>) -> 
     }
     Ok(())
 }
+
+/// The cases of $C \leftarrow \alpha A B + \beta C$ that need no product: checks
+/// the shapes, then, if `c` is empty, the inner dimension is 0 or
+/// `alpha == 0`, sets $C \leftarrow \beta C$ (without reading `a`, `b`) and
+/// returns `Ok(true)`. Otherwise returns `Ok(false)` and the backend
+/// computes the product. For backends.
+pub fn gemm_trivial<T: Real>(
+    alpha: T,
+    a: &ArrayView2<'_, T>,
+    b: &ArrayView2<'_, T>,
+    beta: T,
+    c: &mut ArrayViewMut2<'_, T>,
+) -> Result<bool, LinAlgError> {
+    check_gemm_shapes(a, b, c)?;
+    if c.is_empty() {
+        return Ok(true);
+    }
+    if a.ncols() == 0 || alpha == T::zero() {
+        scale_by_beta(c, beta);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// $C \leftarrow \beta C$, where $\beta = 0$ overwrites (a NaN in `c` does not
+/// propagate). For backends.
+pub fn scale_by_beta<T: Real>(c: &mut ArrayViewMut2<'_, T>, beta: T) {
+    if beta == T::zero() {
+        c.fill(T::zero());
+    } else if beta != T::one() {
+        c.map_inplace(|x| *x *= beta);
+    }
+}
+
+/// Copies the strict lower triangle of the square `c` onto its upper one.
+/// For backends whose symmetric products fill one triangle.
+pub fn mirror_lower_to_upper<T: Real>(mut c: ArrayViewMut2<'_, T>) {
+    let n = c.nrows();
+    for i in 0..n.saturating_sub(1) {
+        let (mut row, col) = c.multi_slice_mut((ndarray::s![i, i + 1..], ndarray::s![i + 1.., i]));
+        row.assign(&col);
+    }
+}

@@ -47,10 +47,10 @@
 
 use std::cmp::Ordering;
 
-use kfac_core::linalg::{check_gemm_shapes, check_square_finite};
+use kfac_core::linalg::{check_square_finite, gemm_trivial, mirror_lower_to_upper};
 use kfac_core::{LinAlg, LinAlgError, Real, SymEig};
 use nalgebra::{Cholesky, DMatrix, Dyn, MatrixView, MatrixViewMut, RealField, SymmetricEigen};
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2};
 
 /// The nalgebra backend: dense linear algebra in pure Rust, single-threaded.
 ///
@@ -164,24 +164,6 @@ fn to_array<T: Real + nalgebra::Scalar>(a: &DMatrix<T>) -> Array2<T> {
     Array2::from_shape_fn((m, n), |(i, j)| data[i + j * m])
 }
 
-/// $C \leftarrow \beta C$, with $\beta = 0$ overwriting (NaN does not propagate).
-fn scale<T: Real>(c: &mut ArrayViewMut2<'_, T>, beta: T) {
-    if beta == T::zero() {
-        c.fill(T::zero());
-    } else if beta != T::one() {
-        c.map_inplace(|x| *x *= beta);
-    }
-}
-
-/// Copies the strict lower triangle of the square `c` onto its upper one.
-fn mirror_lower_to_upper<T: Real>(mut c: ArrayViewMut2<'_, T>) {
-    let n = c.nrows();
-    for i in 0..n.saturating_sub(1) {
-        let (mut row, col) = c.multi_slice_mut((s![i, i + 1..], s![i + 1.., i]));
-        row.assign(&col);
-    }
-}
-
 /// The Cholesky factorisation of the lower triangle of `a`, which the caller
 /// checked to be square and finite.
 ///
@@ -248,12 +230,7 @@ where
         beta: T,
         mut c: ArrayViewMut2<'_, T>,
     ) -> Result<(), LinAlgError> {
-        check_gemm_shapes(&a, &b, &c)?;
-        if c.is_empty() {
-            return Ok(());
-        }
-        if a.ncols() == 0 || alpha == T::zero() {
-            scale(&mut c, beta);
+        if gemm_trivial(alpha, &a, &b, beta, &mut c)? {
             return Ok(());
         }
         // nalgebra 0.35's fallback for products with a side of at most 5
