@@ -36,7 +36,8 @@ pub enum OptimizerKind {
     Sgd,
     /// Adam (Kingma & Ba, 2015).
     Adam,
-    /// K-FAC (Martens & Grosse, 2015), eigen path, Tikhonov damping.
+    /// K-FAC (Martens & Grosse, 2015): Cholesky inverses of the factors with
+    /// factored damping (the default), eigenbases with Tikhonov damping.
     Kfac,
     /// EKFAC (George et al., 2018).
     Ekfac,
@@ -231,10 +232,14 @@ impl<T: Scalar> Optimizer<T> {
             OptimizerKind::Sgd => State::Sgd { velocity: zeros() },
             OptimizerKind::Adam => State::Adam { m: zeros(), v: zeros(), t: 0 },
             OptimizerKind::Kfac | OptimizerKind::Ekfac => {
-                let block = if config.kind == OptimizerKind::Kfac {
-                    BlockKind::Kfac(KfacMethod::Eigen)
-                } else {
-                    BlockKind::Ekfac
+                // Factored damping keeps the damped block a Kronecker product of
+                // two SPD matrices, so K-FAC inverts them by Cholesky: no
+                // eigendecomposition, and two products per precondition
+                // instead of four. Tikhonov damping needs the eigenbases.
+                let block = match (config.kind, config.damping_kind) {
+                    (OptimizerKind::Kfac, DampingChoice::Factored) => BlockKind::Kfac(KfacMethod::Inverse),
+                    (OptimizerKind::Kfac, DampingChoice::Tikhonov) => BlockKind::Kfac(KfacMethod::Eigen),
+                    _ => BlockKind::Ekfac,
                 };
                 let pc = PreconditionerConfig {
                     block,
