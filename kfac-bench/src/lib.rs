@@ -1,9 +1,38 @@
-//! Shared inputs of the kfac benchmarks (`cargo bench -p kfac-bench`).
+//! The kfac benchmarks and studies: `cargo xtask bench [--quick]` runs them
+//! all and puts the results in `target/kfac-bench/`.
 //!
-//! Benchmarks are grouped as `op/backend` with the size as the parameter.
+//! - Criterion benchmarks (`cargo bench -p kfac-bench`), grouped as
+//!   `op/backend` with the size as the parameter: `benches/linalg.rs` (the
+//!   backends and the blocks), `benches/mlp.rs` (forward+backward),
+//!   `benches/optim.rs` (one step of each optimizer).
+//!   [`criterion_summary`] gathers their medians into one table.
+//! - [`race`]: the optimizer race on the MNIST autoencoder.
+//! - [`fidelity`]: the exact Fisher blocks against K-FAC and EKFAC.
+//!
+//! The `kfac-bench` binary runs the last three:
+//! `cargo run --release -p kfac-bench -- race|fidelity|summary`.
 
 use kfac_core::{LayerBatch, LayerShape, Real};
 use ndarray::Array2;
+
+pub mod criterion_summary;
+pub mod fidelity;
+pub mod race;
+
+/// Small statistics helpers.
+pub mod stats {
+    /// The median of `xs` (the mean of the two middle values for an even
+    /// count); NaN for an empty slice.
+    pub fn median(xs: &[f64]) -> f64 {
+        if xs.is_empty() {
+            return f64::NAN;
+        }
+        let mut v = xs.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    }
+}
 
 /// A deterministic pseudo-random matrix with entries in [-1, 1).
 pub fn matrix<T: Real>(rows: usize, cols: usize, seed: u64) -> Array2<T> {

@@ -89,6 +89,21 @@ pub trait LinAlg<T: Real>: Send + Sync + Debug {
     /// Only the lower triangle of `a` is read.
     fn spd_solve(&self, a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError>;
 
+    /// The backend for decompositions run side by side, one block per
+    /// thread of the rayon pool ([`Preconditioner::update`](crate::Preconditioner::update)
+    /// refreshes the blocks this way), or `None` to refresh them one after
+    /// the other with `self`.
+    ///
+    /// A backend whose decompositions gain little from extra threads (faer's
+    /// symmetric eigensolver: one thread is as fast as two at $d = 1000$ on
+    /// the benchmark machine) returns its sequential form; a single-threaded
+    /// backend returns itself. Results must not depend on which blocks share
+    /// a thread: the decomposition of a matrix is the same whatever runs
+    /// beside it. The default is `None`.
+    fn concurrent_decompositions(&self) -> Option<&dyn LinAlg<T>> {
+        None
+    }
+
     /// $A B$ into a new (row-major) array.
     fn matmul(&self, a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError> {
         let mut c = Array2::zeros((a.nrows(), b.ncols()));

@@ -1,6 +1,7 @@
 //! A stack of curvature blocks with the step schedule of K-FAC.
 
 use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 
 use crate::average::check_decay;
 use crate::blocks::{BlockKind, CurvatureBlock};
@@ -165,17 +166,40 @@ impl<T: Real> Preconditioner<T> {
         check_decay(decay)?;
         let damping = self.config.damping.at(k)?;
         let refresh_due = k.is_multiple_of(self.config.refresh_period);
-        for (i, block) in self.blocks.iter_mut().enumerate() {
-            if let (true, Some(b)) = (stats_due, batches) {
-                block.update_statistics(la, &b[i], decay)?;
+        if let (true, Some(b)) = (stats_due, batches) {
+            for (block, batch) in self.blocks.iter_mut().zip(b) {
+                block.update_statistics(la, batch, decay)?;
             }
-            if refresh_due || !block.is_ready() {
-                block.refresh(la, damping)?;
-            } else if block.damping() != Some(damping) {
+        }
+        let needs_refresh = |b: &dyn CurvatureBlock<T>| refresh_due || !b.is_ready();
+        let refreshing = self.blocks.iter().filter(|b| needs_refresh(&***b)).count();
+        match la.concurrent_decompositions() {
+            Some(cla) if refreshing > 1 => {
+                // Independent blocks, one per thread; each decomposition is
+                // the same whatever runs beside it, so the result does not
+                // depend on the thread count. The first error in layer order
+                // is returned.
+                let results: Vec<Result<()>> = self
+                    .blocks
+                    .par_iter_mut()
+                    .map(|block| if needs_refresh(&**block) { block.refresh(cla, damping) } else { Ok(()) })
+                    .collect();
+                results.into_iter().collect::<Result<()>>()?;
+            }
+            _ => {
+                for block in self.blocks.iter_mut().filter(|b| needs_refresh(&***b)) {
+                    block.refresh(la, damping)?;
+                }
+            }
+        }
+        for block in &mut self.blocks {
+            if block.damping() != Some(damping) {
                 block.set_damping(la, damping)?;
             }
-            if let (true, Some(b)) = (scalings_due, batches) {
-                block.update_scalings(la, &b[i], decay)?;
+        }
+        if let (true, Some(b)) = (scalings_due, batches) {
+            for (block, batch) in self.blocks.iter_mut().zip(b) {
+                block.update_scalings(la, batch, decay)?;
             }
         }
         self.step += 1;

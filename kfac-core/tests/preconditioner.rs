@@ -183,3 +183,71 @@ fn memory_is_reported() {
     assert_eq!(b.memory_bytes(), (2 * (121 + 36) + 121 + 36 + 11 + 6 + 66) * f64s);
     let _: &dyn LinAlg<f64> = &la;
 }
+
+/// A backend that delegates to another but never refreshes blocks side by side.
+#[derive(Debug)]
+struct OneByOne<L>(L);
+
+impl<L: LinAlg<f64>> LinAlg<f64> for OneByOne<L> {
+    fn name(&self) -> &'static str {
+        "one-by-one"
+    }
+    fn gemm(
+        &self,
+        alpha: f64,
+        a: ndarray::ArrayView2<'_, f64>,
+        b: ndarray::ArrayView2<'_, f64>,
+        beta: f64,
+        c: ndarray::ArrayViewMut2<'_, f64>,
+    ) -> Result<(), kfac_core::LinAlgError> {
+        self.0.gemm(alpha, a, b, beta, c)
+    }
+    fn eigh(&self, a: ndarray::ArrayView2<'_, f64>) -> Result<kfac_core::SymEig<f64>, kfac_core::LinAlgError> {
+        self.0.eigh(a)
+    }
+    fn spd_inverse(&self, a: ndarray::ArrayView2<'_, f64>) -> Result<Array2<f64>, kfac_core::LinAlgError> {
+        self.0.spd_inverse(a)
+    }
+    fn spd_solve(
+        &self,
+        a: ndarray::ArrayView2<'_, f64>,
+        b: ndarray::ArrayView2<'_, f64>,
+    ) -> Result<Array2<f64>, kfac_core::LinAlgError> {
+        self.0.spd_solve(a, b)
+    }
+}
+
+/// Refreshing the blocks side by side on a 2-thread pool (what faer and
+/// nalgebra ask for) gives bit for bit the preconditioner of refreshing them
+/// one after the other, for every block kind.
+#[test]
+fn side_by_side_refresh_equals_one_by_one() {
+    let shapes = [LayerShape::new(5, 4), LayerShape::new(4, 6), LayerShape::new(6, 3), LayerShape::new(3, 2)];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let backends: [(&dyn LinAlg<f64>, &dyn LinAlg<f64>); 2] = [
+        (&Faer::new(), &OneByOne(Faer::sequential())),
+        (&kfac_linalg_nalgebra::Nalgebra, &OneByOne(kfac_linalg_nalgebra::Nalgebra)),
+    ];
+    for (side, one) in backends {
+        assert!(side.concurrent_decompositions().is_some() && one.concurrent_decompositions().is_none());
+        for (block, damping) in [
+            (BlockKind::Kfac(KfacMethod::Eigen), DampingSchedule::tikhonov(0.1)),
+            (BlockKind::Kfac(KfacMethod::Inverse), DampingSchedule::factored(0.1)),
+            (BlockKind::Ekfac, DampingSchedule::tikhonov(0.1)),
+        ] {
+            let config = PreconditionerConfig { block, damping, refresh_period: 2, ..Default::default() };
+            let mut a = Preconditioner::<f64>::new(config.clone(), &shapes).unwrap();
+            let mut b = Preconditioner::<f64>::new(config, &shapes).unwrap();
+            let g = grads(5, &shapes);
+            let gv: Vec<_> = g.iter().map(|x| x.view()).collect();
+            for step in 0..5 {
+                let data = batches(100 + step, &shapes, 7);
+                pool.install(|| a.update(side, Some(&views(&data)))).unwrap();
+                b.update(one, Some(&views(&data))).unwrap();
+                let pa = pool.install(|| a.precondition(side, &gv)).unwrap();
+                let pb = b.precondition(one, &gv).unwrap();
+                assert_eq!(pa, pb, "{} {block:?} step {step}", side.name());
+            }
+        }
+    }
+}

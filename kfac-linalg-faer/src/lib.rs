@@ -260,6 +260,18 @@ where
         "faer"
     }
 
+    /// The sequential backend, unless this one is already sequential: faer's
+    /// symmetric eigensolver runs as fast on one thread as on two at
+    /// $d = 1000$ here (`cargo run --release -p kfac-bench --example
+    /// block_phases`), so blocks are better refreshed side by side.
+    fn concurrent_decompositions(&self) -> Option<&dyn LinAlg<T>> {
+        static SEQUENTIAL: Faer = Faer::sequential();
+        match self.threads {
+            Threads::Sequential => None,
+            _ => Some(&SEQUENTIAL),
+        }
+    }
+
     /// $C \leftarrow \alpha A B + \beta C$ with [`faer::linalg::matmul::matmul`].
     ///
     /// As in BLAS, `alpha == 0` (or an inner dimension of 0) gives

@@ -218,6 +218,12 @@ where
         "nalgebra"
     }
 
+    /// Itself: the backend is single-threaded, so blocks are refreshed side
+    /// by side on the rayon pool.
+    fn concurrent_decompositions(&self) -> Option<&dyn LinAlg<T>> {
+        Some(self)
+    }
+
     /// $C \leftarrow \alpha A B + \beta C$ with [`Matrix::gemm`](nalgebra::Matrix::gemm).
     ///
     /// As in BLAS, `alpha == 0` (or an inner dimension of 0) gives

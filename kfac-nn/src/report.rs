@@ -215,3 +215,84 @@ pub fn write_comparison(dir: &Path, runs: &[Metrics]) -> Result<String> {
     }
     Ok(table)
 }
+
+/// One panel of [`heatmaps`]: a title, a matrix, and the magnitude drawn
+/// darkest (entries are shown by $|x|$, see [`heatmaps`]).
+#[derive(Debug, Clone)]
+pub struct Panel {
+    /// Shown above the panel.
+    pub title: String,
+    /// The matrix, row 0 at the top.
+    pub matrix: ndarray::Array2<f64>,
+    /// The magnitude that maps to the darkest colour (panels compared with
+    /// each other should share it).
+    pub scale: f64,
+}
+
+/// Draws rows of matrix panels as heatmaps of $\sqrt{|x| / \text{scale}}$
+/// (white for 0, dark blue for `scale` and beyond; the square root keeps the
+/// small off-diagonal structure visible), with a title and a label per row,
+/// written atomically as a PNG. Each panel is `cell` pixels square; a
+/// matrix larger than that is subsampled, a smaller one is drawn with
+/// square blocks.
+pub fn heatmaps(path: &Path, title: &str, rows: &[(String, Vec<Panel>)], cell: u32) -> Result<()> {
+    register_font();
+    let cols = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0).max(1) as u32;
+    let (label_w, title_h, caption_h, gap) = (170u32, 50u32, 26u32, 12u32);
+    let width = label_w + cols * (cell + gap) + gap;
+    let height = title_h + rows.len().max(1) as u32 * (cell + caption_h + gap) + gap;
+    let tmp = temp_path(path);
+    let err = |e: &dyn std::fmt::Display| Error::Plot { path: path.to_path_buf(), reason: e.to_string() };
+    {
+        let root = BitMapBackend::new(&tmp, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let centre = |x: i32, w: u32| x + w as i32 / 2;
+        let text = |size: u32| {
+            TextStyle::from(("sans-serif", size).into_font()).pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Top,
+            ))
+        };
+        root.draw(&Text::new(title.to_string(), (width as i32 / 2, 12), text(22))).map_err(|e| err(&e))?;
+        for (r, (label, panels)) in rows.iter().enumerate() {
+            let y0 = (title_h + r as u32 * (cell + caption_h + gap)) as i32;
+            let label_style = TextStyle::from(("sans-serif", 16).into_font());
+            root.draw(&Text::new(label.clone(), (10, y0 + caption_h as i32 + cell as i32 / 2 - 8), label_style))
+                .map_err(|e| err(&e))?;
+            for (c, panel) in panels.iter().enumerate() {
+                let x0 = (label_w + gap + c as u32 * (cell + gap)) as i32;
+                root.draw(&Text::new(panel.title.clone(), (centre(x0, cell), y0 + 4), text(15)))
+                    .map_err(|e| err(&e))?;
+                let (m, n) = panel.matrix.dim();
+                let top = y0 + caption_h as i32;
+                let scale = if panel.scale > 0.0 && panel.scale.is_finite() { panel.scale } else { 1.0 };
+                for py in 0..cell {
+                    let i = (py as usize * m) / cell as usize;
+                    for px in 0..cell {
+                        let j = (px as usize * n) / cell as usize;
+                        let v = panel.matrix.get((i, j)).copied().unwrap_or(0.0);
+                        let t = if v.is_finite() { (v.abs() / scale).sqrt().min(1.0) } else { 1.0 };
+                        // White to dark blue; non-finite entries in red.
+                        let color = if v.is_finite() {
+                            RGBColor(
+                                (255.0 * (1.0 - t) + 8.0 * t) as u8,
+                                (255.0 * (1.0 - t) + 29.0 * t) as u8,
+                                (255.0 * (1.0 - t) + 88.0 * t) as u8,
+                            )
+                        } else {
+                            RGBColor(220, 20, 20)
+                        };
+                        root.draw_pixel((x0 + px as i32, top + py as i32), &color).map_err(|e| err(&e))?;
+                    }
+                }
+                root.draw(&Rectangle::new(
+                    [(x0 - 1, top - 1), (x0 + cell as i32, top + cell as i32)],
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(|e| err(&e))?;
+            }
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,118 @@
+//! `kfac-bench`: the optimizer race, the Fisher-fidelity study and the
+//! summary of the criterion benchmarks. `cargo xtask bench` runs all three.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kfac_bench::{criterion_summary, fidelity, race};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "kfac-bench", about = "The kfac race, fidelity study and benchmark summary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// SGD, Adam, K-FAC and EKFAC (true and empirical Fisher) on the MNIST
+    /// autoencoder: race.json, race.md, race_steps.png, race_seconds.png.
+    Race {
+        /// 100 steps instead of 200.
+        #[arg(long)]
+        quick: bool,
+        /// Steps per optimizer (overrides --quick).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long, default_value = "target/kfac-bench")]
+        out: PathBuf,
+    },
+    /// The exact Fisher blocks of a small autoencoder against K-FAC and
+    /// EKFAC: fidelity.json, fidelity.png, fidelity_empirical.png.
+    Fidelity {
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long, default_value = "target/kfac-bench")]
+        out: PathBuf,
+    },
+    /// Gathers criterion's results into criterion.json and criterion.md.
+    Summary {
+        /// Criterion's output folder.
+        #[arg(long, default_value = "target/criterion")]
+        criterion: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "target/kfac-bench")]
+        out: PathBuf,
+    },
+}
+
+fn run(cli: Cli) -> kfac_nn::Result<()> {
+    match cli.command {
+        Command::Race { quick, steps, seed, out } => {
+            let mut config = if quick { race::RaceConfig::quick() } else { race::RaceConfig::full() };
+            if let Some(s) = steps {
+                config.steps = s;
+            }
+            config.seed = seed;
+            let result = race::run(&config, &mut |name, m| {
+                eprintln!(
+                    "race: {name:<16} final train loss {:8.3}, {:5.1} s ({:.4} s/step)",
+                    m.final_loss,
+                    m.seconds,
+                    m.seconds / m.steps.len().max(1) as f64
+                )
+            })?;
+            race::write(&out, &result)?;
+            println!("{}", std::fs::read_to_string(out.join("race.md")).unwrap_or_default());
+            println!("wrote {} (race.json, race.md, race_steps.png, race_seconds.png)", out.display());
+        }
+        Command::Fidelity { seed, out } => {
+            let config = fidelity::FidelityConfig { seed, ..Default::default() };
+            let study = fidelity::study(&config)?;
+            fidelity::write(&out, &study)?;
+            println!("| layer | params | K-FAC | EKFAC | K-FAC (emp.) | EKFAC (emp.) | emp. vs true |");
+            println!("|---|---|---|---|---|---|---|");
+            for l in &study.layers {
+                println!(
+                    "| {} ({}→{}) | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                    l.layer + 1,
+                    l.shape[0],
+                    l.shape[1],
+                    l.params,
+                    l.true_fisher.kfac,
+                    l.true_fisher.ekfac,
+                    l.empirical_fisher.kfac,
+                    l.empirical_fisher.ekfac,
+                    l.empirical_vs_true
+                );
+            }
+            println!("EKFAC never worse than K-FAC: {}", study.ekfac_never_worse());
+            println!("wrote {} (fidelity.json, fidelity.png, fidelity_empirical.png)", out.display());
+        }
+        Command::Summary { criterion, out } => {
+            let n = criterion_summary::write(&criterion, &out)?;
+            println!("{n} benchmarks summarised into {}", out.join("criterion.md").display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kfac-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
