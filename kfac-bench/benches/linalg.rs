@@ -6,11 +6,15 @@
 //! - `spd_inverse/{faer,nalgebra}`: Cholesky inverse, same sizes.
 //! - `matmul/faer-direct`: the products of one preconditioning of a 1000 x 1001 layer
 //!   (the FLOP-rate reference).
-//! - `precondition/{kfac-eigen,kfac-inverse,ekfac}-{faer,nalgebra}`: one 1000 x 1001 layer.
+//! - `kron_matvec/{faer,nalgebra}`: $(C \otimes D) \operatorname{vec}(X)$ with
+//!   $C, D, X$ of side d = 256, 512, 1000.
+//! - `precondition/{kfac-eigen,kfac-inverse,ekfac}-{faer,nalgebra}`: one layer of
+//!   d inputs (plus bias) and d outputs, d = 256, 512, 1000.
 //! - `gram/{faer,faer-gemm,nalgebra}`: the Gram matrix XᵀX of a batch of 1000
-//!   examples of 784 features, f32: `LinAlg::gram` (faer: lower triangle only,
-//!   mirrored) against the full product `gemm(Xᵀ, X)`.
-//! - `update/{kfac,ekfac}-faer`: statistics of a batch of 1000 for that layer.
+//!   examples of d = 256, 512, 784 features, f32: `LinAlg::gram` (faer: lower
+//!   triangle only, mirrored) against the full product `gemm(Xᵀ, X)`.
+//! - `update/{kfac,ekfac}-{faer,nalgebra}`: statistics (and EKFAC's scalings)
+//!   of a batch of 1000 for the 1000 x 1001 layer.
 //!
 //! Run: `cargo bench -p kfac-bench --bench linalg` (add `-- eigh` to filter).
 
@@ -57,33 +61,53 @@ fn spd_inverse(c: &mut Criterion) {
     g.finish();
 }
 
-/// One 1000 x 1001 layer (784-style input with bias), a batch of 1000.
+/// One 1000 x 1001 layer (1000 inputs plus the bias, 1000 outputs).
 const LAYER: LayerShape = LayerShape { d_in: 1000, d_out: 1000, bias: true };
+
+fn kron_matvec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kron_matvec");
+    g.sample_size(20);
+    let backends: [(&str, &dyn LinAlg<f64>); 2] = [("faer", &Faer::new()), ("nalgebra", &Nalgebra)];
+    for &n in &SIZES {
+        let (cm, dm, x) = (matrix::<f64>(n, n, 11), matrix::<f64>(n, n, 12), matrix::<f64>(n, n, 13));
+        for (bname, la) in backends {
+            g.bench_function(BenchmarkId::new(bname, n), |b| {
+                b.iter(|| black_box(la.kron_matvec(cm.view(), dm.view(), x.view()).unwrap()))
+            });
+        }
+    }
+    g.finish();
+}
 
 fn precondition(c: &mut Criterion) {
     let mut g = c.benchmark_group("precondition");
     g.sample_size(20);
-    let data = batch_data::<f64>(LAYER, 1000, 3);
-    let grad = matrix::<f64>(LAYER.d_out, LAYER.a_dim(), 4);
     let backends: [(&str, &dyn LinAlg<f64>); 2] = [("faer", &Faer::new()), ("nalgebra", &Nalgebra)];
-    for (bname, la) in backends {
-        for (kname, kind, damping) in [
-            ("kfac-eigen", BlockKind::Kfac(KfacMethod::Eigen), Damping::tikhonov(1e-3)),
-            ("kfac-inverse", BlockKind::Kfac(KfacMethod::Inverse), Damping::factored(1e-3)),
-            ("ekfac", BlockKind::Ekfac, Damping::tikhonov(1e-3)),
-        ] {
-            let mut block = kind.build::<f64>("bench", LAYER).unwrap();
-            block.update_statistics(la, &batch(&data), 0.95).unwrap();
-            block.refresh(la, damping).unwrap();
-            block.update_scalings(la, &batch(&data), 0.95).unwrap();
-            g.bench_function(BenchmarkId::new(format!("{kname}-{bname}"), "1000x1001"), |b| {
-                b.iter(|| block.precondition(la, grad.view()).unwrap())
-            });
+    for &n in &SIZES {
+        let shape = LayerShape::new(n, n);
+        let data = batch_data::<f64>(shape, 1000, 3);
+        let grad = matrix::<f64>(shape.d_out, shape.a_dim(), 4);
+        let size = format!("{}x{}", shape.d_out, shape.a_dim());
+        for (bname, la) in backends {
+            for (kname, kind, damping) in [
+                ("kfac-eigen", BlockKind::Kfac(KfacMethod::Eigen), Damping::tikhonov(1e-3)),
+                ("kfac-inverse", BlockKind::Kfac(KfacMethod::Inverse), Damping::factored(1e-3)),
+                ("ekfac", BlockKind::Ekfac, Damping::tikhonov(1e-3)),
+            ] {
+                let mut block = kind.build::<f64>("bench", shape).unwrap();
+                block.update_statistics(la, &batch(&data), 0.95).unwrap();
+                block.refresh(la, damping).unwrap();
+                block.update_scalings(la, &batch(&data), 0.95).unwrap();
+                g.bench_function(BenchmarkId::new(format!("{kname}-{bname}"), &size), |b| {
+                    b.iter(|| block.precondition(la, grad.view()).unwrap())
+                });
+            }
         }
     }
     // The reference: the same products straight on faer, into preallocated
     // column-major outputs. The eigen path is four (1000 x 1000) x (1000 x 1001)
     // products; two are shown here, so compare with half the eigen path's time.
+    let grad = matrix::<f64>(LAYER.d_out, LAYER.a_dim(), 4);
     let (m, k) = (LAYER.d_out, LAYER.a_dim());
     let ub = faer::Mat::<f64>::from_fn(m, m, |i, j| ((i * 7 + j) % 13) as f64);
     let ua = faer::Mat::<f64>::from_fn(k, k, |i, j| ((i * 5 + j) % 11) as f64);
@@ -104,18 +128,21 @@ fn precondition(c: &mut Criterion) {
 fn gram(c: &mut Criterion) {
     let mut g = c.benchmark_group("gram");
     g.sample_size(20);
-    let x = matrix::<f32>(1000, 784, 6);
-    let mut out = ndarray::Array2::<f32>::zeros((784, 784));
     let faer = Faer::new();
-    g.bench_function(BenchmarkId::new("faer", "1000x784"), |b| {
-        b.iter(|| faer.gram(1.0, x.view(), 0.0, out.view_mut()).unwrap())
-    });
-    g.bench_function(BenchmarkId::new("faer-gemm", "1000x784"), |b| {
-        b.iter(|| faer.gemm(1.0, x.t(), x.view(), 0.0, out.view_mut()).unwrap())
-    });
-    g.bench_function(BenchmarkId::new("nalgebra", "1000x784"), |b| {
-        b.iter(|| Nalgebra.gram(1.0, x.view(), 0.0, out.view_mut()).unwrap())
-    });
+    for d in [256usize, 512, 784] {
+        let x = matrix::<f32>(1000, d, 6);
+        let mut out = ndarray::Array2::<f32>::zeros((d, d));
+        let size = format!("1000x{d}");
+        g.bench_function(BenchmarkId::new("faer", &size), |b| {
+            b.iter(|| faer.gram(1.0, x.view(), 0.0, out.view_mut()).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("faer-gemm", &size), |b| {
+            b.iter(|| faer.gemm(1.0, x.t(), x.view(), 0.0, out.view_mut()).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("nalgebra", &size), |b| {
+            b.iter(|| Nalgebra.gram(1.0, x.view(), 0.0, out.view_mut()).unwrap())
+        });
+    }
     g.finish();
 }
 
@@ -123,20 +150,22 @@ fn update(c: &mut Criterion) {
     let mut g = c.benchmark_group("update");
     g.sample_size(10);
     let data = batch_data::<f64>(LAYER, 1000, 5);
-    let la = Faer::new();
-    for (name, kind) in [("kfac-faer", BlockKind::Kfac(KfacMethod::Eigen)), ("ekfac-faer", BlockKind::Ekfac)] {
-        let mut block = kind.build::<f64>("bench", LAYER).unwrap();
-        block.update_statistics(&la, &batch(&data), 0.95).unwrap();
-        block.refresh(&la, Damping::tikhonov(1e-3)).unwrap();
-        g.bench_function(BenchmarkId::new(name, "1000x1001/N=1000"), |b| {
-            b.iter(|| {
-                block.update_statistics(&la, &batch(&data), 0.95).unwrap();
-                block.update_scalings(&la, &batch(&data), 0.95).unwrap();
-            })
-        });
+    let backends: [(&str, &dyn LinAlg<f64>); 2] = [("faer", &Faer::new()), ("nalgebra", &Nalgebra)];
+    for (bname, la) in backends {
+        for (name, kind) in [("kfac", BlockKind::Kfac(KfacMethod::Eigen)), ("ekfac", BlockKind::Ekfac)] {
+            let mut block = kind.build::<f64>("bench", LAYER).unwrap();
+            block.update_statistics(la, &batch(&data), 0.95).unwrap();
+            block.refresh(la, Damping::tikhonov(1e-3)).unwrap();
+            g.bench_function(BenchmarkId::new(format!("{name}-{bname}"), "1000x1001/N=1000"), |b| {
+                b.iter(|| {
+                    block.update_statistics(la, &batch(&data), 0.95).unwrap();
+                    block.update_scalings(la, &batch(&data), 0.95).unwrap();
+                })
+            });
+        }
     }
     g.finish();
 }
 
-criterion_group!(benches, eigh, spd_inverse, precondition, gram, update);
+criterion_group!(benches, eigh, spd_inverse, kron_matvec, precondition, gram, update);
 criterion_main!(benches);

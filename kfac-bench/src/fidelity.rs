@@ -386,12 +386,38 @@ pub fn study(config: &FidelityConfig) -> Result<Study> {
     Ok(Study { config: config.clone(), layers, shown, loss })
 }
 
+/// The per-layer errors as a Markdown table.
+pub fn table(study: &Study) -> String {
+    let mut t = String::from(
+        "| layer | params | K-FAC | EKFAC | K-FAC⁻¹ | EKFAC⁻¹ | K-FAC (emp.) | EKFAC (emp.) | emp. F vs true F |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for l in &study.layers {
+        let (tf, ef) = (&l.true_fisher, &l.empirical_fisher);
+        t.push_str(&format!(
+            "| {} ({}→{}) | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            l.layer + 1,
+            l.shape[0],
+            l.shape[1],
+            l.params,
+            tf.kfac,
+            tf.ekfac,
+            tf.kfac_inverse,
+            tf.ekfac_inverse,
+            ef.kfac,
+            ef.ekfac,
+            l.empirical_vs_true
+        ));
+    }
+    t
+}
+
 fn max_abs(x: &Array2<f64>) -> f64 {
     x.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
-/// Writes `fidelity.json`, `fidelity.png` (true Fisher) and
-/// `fidelity_empirical.png` into `dir`.
+/// Writes `fidelity.json`, `fidelity.md` (the [`table`]), `fidelity.png`
+/// (true Fisher) and `fidelity_empirical.png` into `dir`.
 pub fn write(dir: &Path, study: &Study) -> Result<()> {
     report::ensure_dir(dir)?;
     let json = serde_json::json!({
@@ -403,6 +429,14 @@ pub fn write(dir: &Path, study: &Study) -> Result<()> {
         "layers": study.layers,
     });
     report::write_atomic(&dir.join("fidelity.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    let md = format!(
+        "{}\nRelative Frobenius errors against the exact block (inverses: damped, λ = {} tr(F)/P). \
+         EKFAC never worse than K-FAC: {}.\n",
+        table(study),
+        study.config.relative_damping,
+        study.ekfac_never_worse()
+    );
+    report::write_atomic(&dir.join("fidelity.md"), md.as_bytes())?;
     for (which, file) in [(0, "fidelity.png"), (1, "fidelity_empirical.png")] {
         let rows: Vec<(String, Vec<Panel>)> = study
             .shown

@@ -148,3 +148,38 @@ fn ekfac_trains_on_the_nalgebra_backend_in_f32() {
     assert!(m["final_loss"].as_f64().unwrap() < losses(&m)[0]);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// Every optimizer trains in f32 and f64 on every compiled-in backend: the
+/// loss falls and stays finite.
+#[test]
+fn every_optimizer_trains_in_both_precisions_on_each_backend() {
+    let backends: Vec<&str> = [("faer", cfg!(feature = "faer")), ("nalgebra", cfg!(feature = "nalgebra"))]
+        .iter()
+        .filter(|b| b.1)
+        .map(|b| b.0)
+        .collect();
+    assert!(!backends.is_empty());
+    for backend in backends {
+        for precision in ["f32", "f64"] {
+            for optimizer in ["sgd", "adam", "kfac", "ekfac"] {
+                let out = tempdir(&format!("{backend}-{precision}-{optimizer}"));
+                let st = kfac()
+                    .args(["train", "--task", "classifier", "--steps", "15", "--batch-size", "64", "--quiet"])
+                    .args(["--backend", backend, "--precision", precision, "--optimizer", optimizer])
+                    .arg("--out")
+                    .arg(&out)
+                    .output()
+                    .unwrap();
+                let what = format!("{backend} {precision} {optimizer}");
+                assert!(st.status.success(), "{what}: {}", String::from_utf8_lossy(&st.stderr));
+                let m = metrics(&out);
+                assert_eq!(m["config"]["precision"], precision, "{what}");
+                let l = losses(&m);
+                assert!(l.iter().all(|x| x.is_finite()), "{what}: {l:?}");
+                let final_loss = m["final_loss"].as_f64().unwrap();
+                assert!(final_loss < l[0], "{what}: {final_loss} vs {}", l[0]);
+                std::fs::remove_dir_all(&out).unwrap();
+            }
+        }
+    }
+}

@@ -80,22 +80,7 @@ fn run(cli: Cli) -> kfac_nn::Result<()> {
             let config = fidelity::FidelityConfig { seed, ..Default::default() };
             let study = fidelity::study(&config)?;
             fidelity::write(&out, &study)?;
-            println!("| layer | params | K-FAC | EKFAC | K-FAC (emp.) | EKFAC (emp.) | emp. vs true |");
-            println!("|---|---|---|---|---|---|---|");
-            for l in &study.layers {
-                println!(
-                    "| {} ({}→{}) | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
-                    l.layer + 1,
-                    l.shape[0],
-                    l.shape[1],
-                    l.params,
-                    l.true_fisher.kfac,
-                    l.true_fisher.ekfac,
-                    l.empirical_fisher.kfac,
-                    l.empirical_fisher.ekfac,
-                    l.empirical_vs_true
-                );
-            }
+            print!("{}", fidelity::table(&study));
             println!("EKFAC never worse than K-FAC: {}", study.ekfac_never_worse());
             println!("wrote {} (fidelity.json, fidelity.png, fidelity_empirical.png)", out.display());
         }
