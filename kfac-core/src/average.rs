@@ -65,6 +65,27 @@ impl<T: Real> MovingAverage<T> {
         self.pending.view_mut()
     }
 
+    /// The sum of the pending step's per-example statistics.
+    pub fn pending(&self) -> ArrayView2<'_, T> {
+        self.pending.view()
+    }
+
+    /// An average from its parts (restoring a checkpoint; the caller checks them).
+    pub(crate) fn from_parts(value: Array2<T>, weight: f64, pending: Array2<T>, pending_count: f64) -> Self {
+        Self { value, weight, pending, pending_count }
+    }
+
+    /// Whether every pending sum is finite.
+    pub fn pending_is_finite(&self) -> bool {
+        self.pending.iter().all(|x| x.is_finite())
+    }
+
+    /// Drops the pending step's sums.
+    pub fn discard_pending(&mut self) {
+        self.pending.fill(T::zero());
+        self.pending_count = 0.0;
+    }
+
     /// Records that `n` more examples were summed into the pending step.
     pub fn add_count(&mut self, n: usize) {
         self.pending_count += n as f64;
@@ -73,10 +94,20 @@ impl<T: Real> MovingAverage<T> {
     /// Ends the step: $\hat X_t$ = pending sum / pending count is folded into
     /// the average with decay `decay`. Returns `false` (and changes nothing)
     /// when no example is pending.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NonFinite`] if the pending sum holds a non-finite value (an
+    /// overflow, or non-finite data added through [`pending_mut`](Self::pending_mut)):
+    /// the pending step is then dropped and the average is unchanged.
     pub fn commit(&mut self, decay: f64) -> Result<bool> {
         check_decay(decay)?;
         if self.pending_count == 0.0 {
             return Ok(false);
+        }
+        if !self.pending_is_finite() {
+            self.discard_pending();
+            return Err(Error::NonFinite { block: "moving average".into(), what: "the step's summed statistics" });
         }
         let new_weight = decay * self.weight + 1.0;
         let keep = T::from_f64_lossy(decay * self.weight / new_weight);

@@ -135,6 +135,14 @@ pub enum Error {
         /// The limit on the side.
         limit: usize,
     },
+    /// A saved state (checkpoint) that does not fit the block or is damaged.
+    #[error("{block}: invalid saved state: {why}")]
+    InvalidState {
+        /// The block (or `preconditioner`).
+        block: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A backend operation failed outside a decomposition.
     #[error("{block}: {source}")]
     LinAlg {

@@ -95,7 +95,17 @@ impl<T: Real> KroneckerFactors<T> {
     }
 
     /// Ends the step: folds the pending sums into both averages.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NonFinite`] if either pending sum holds a non-finite value
+    /// (an overflow): both are dropped and the factors are unchanged.
     pub fn commit(&mut self, decay: f64) -> Result<bool> {
+        if !(self.a.pending_is_finite() && self.b.pending_is_finite()) {
+            self.a.discard_pending();
+            self.b.discard_pending();
+            return Err(Error::NonFinite { block: "Kronecker factors".into(), what: "the step's summed statistics" });
+        }
         let a = self.a.commit(decay)?;
         let b = self.b.commit(decay)?;
         Ok(a && b)
@@ -106,6 +116,12 @@ impl<T: Real> KroneckerFactors<T> {
         self.accumulate(la, batch, block)?;
         self.commit(decay)?;
         Ok(())
+    }
+
+    /// Factors from their averages (restoring a checkpoint; the caller checks
+    /// the dimensions).
+    pub(crate) fn from_parts(shape: LayerShape, a: MovingAverage<T>, b: MovingAverage<T>) -> Self {
+        Self { shape, a, b }
     }
 
     /// Bytes held by both averages.

@@ -22,7 +22,14 @@
 //!   schedule (statistics, refresh and scalings periods; [`damping`]);
 //! - the dense linear algebra comes from a [`LinAlg`] backend:
 //!   `kfac-linalg-faer` (fast, multithreaded) or `kfac-linalg-nalgebra`.
-//!   The `kfac` crate picks one by cargo feature.
+//!   The `kfac` crate picks one by cargo feature;
+//! - [`state`] saves and restores all of it exactly (checkpoints) and
+//!   reports each layer's health ([`BlockHealth`]).
+//!
+//! Numbers are guarded: batches are checked before any statistic changes
+//! (a non-finite one is skipped or refused, [`NonFinitePolicy`]), factors
+//! are made exactly symmetric before a decomposition, negative eigenvalues
+//! are clamped, and an `f32` decomposition that fails is redone in `f64`.
 //!
 //! [`ndarray`] is the only array type in the API; `f32` and `f64` both work.
 //!
@@ -113,6 +120,7 @@ pub mod linalg;
 pub mod preconditioner;
 pub mod scalar;
 pub mod shape;
+pub mod state;
 
 pub use average::MovingAverage;
 pub use blocks::{BlockKind, CurvatureBlock, DenseBlock, DiagonalBlock, EkfacBlock, KfacBlock, KfacMethod};
@@ -120,6 +128,7 @@ pub use damping::{Damping, DampingKind, DampingSchedule, PiRule, Schedule};
 pub use error::{Error, LinAlgError, Result};
 pub use factors::KroneckerFactors;
 pub use linalg::{LinAlg, SymEig};
-pub use preconditioner::{Preconditioner, PreconditionerConfig};
+pub use preconditioner::{NonFinitePolicy, Preconditioner, PreconditionerConfig, PreconditionerState, UpdateReport};
 pub use scalar::Real;
 pub use shape::{GradScale, LayerBatch, LayerShape};
+pub use state::{BlockHealth, BlockState};

@@ -104,6 +104,14 @@ pub trait LinAlg<T: Real>: Send + Sync + Debug {
         None
     }
 
+    /// The same backend in `f64`, if it has one. Blocks in `f32` redo a
+    /// decomposition that fails (or returns a non-finite result) in `f64`
+    /// through it, and count the retry in their
+    /// [`BlockHealth`](crate::BlockHealth). The default is `None`.
+    fn f64_backend(&self) -> Option<&dyn LinAlg<f64>> {
+        None
+    }
+
     /// $A B$ into a new (row-major) array.
     fn matmul(&self, a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError> {
         let mut c = Array2::zeros((a.nrows(), b.ncols()));

@@ -9,7 +9,43 @@ use crate::damping::{DampingKind, DampingSchedule, Schedule};
 use crate::error::{Error, Result};
 use crate::linalg::LinAlg;
 use crate::scalar::Real;
-use crate::shape::{LayerBatch, LayerShape};
+use crate::shape::{LayerBatch, LayerShape, check_finite};
+use crate::state::{BlockHealth, BlockState};
+
+/// What [`Preconditioner::update`] does with a layer whose batch (inputs or
+/// gradients) holds a NaN or an infinity, or whose summed statistics
+/// overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonFinitePolicy {
+    /// Leave that layer's statistics and scalings as they were for this
+    /// step, count the skip in its [`BlockHealth`] and report it in the
+    /// [`UpdateReport`]. The default: a long run survives a bad batch.
+    #[default]
+    Skip,
+    /// Return [`Error::NonFinite`] before any statistic is changed.
+    Error,
+}
+
+/// What one [`Preconditioner::update`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateReport {
+    /// Layers whose statistics update was skipped ([`NonFinitePolicy::Skip`]).
+    pub skipped: Vec<usize>,
+    /// Whether the caches were rebuilt at this step.
+    pub refreshed: bool,
+}
+
+/// The complete state of a [`Preconditioner`] (checkpoints); see
+/// [`crate::state`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreconditionerState<T> {
+    /// Completed [`Preconditioner::update`] calls.
+    pub step: usize,
+    /// Skipped statistics updates per layer.
+    pub skipped: Vec<usize>,
+    /// The blocks' states, in layer order.
+    pub blocks: Vec<BlockState<T>>,
+}
 
 /// The configuration of a [`Preconditioner`]. Every field has a documented
 /// default ([`PreconditionerConfig::default`]).
@@ -29,6 +65,8 @@ pub struct PreconditionerConfig {
     pub refresh_period: usize,
     /// Update EKFAC's scalings every this many steps. Default 1.
     pub scalings_period: usize,
+    /// What to do with non-finite batches. Default [`NonFinitePolicy::Skip`].
+    pub on_non_finite: NonFinitePolicy,
 }
 
 impl Default for PreconditionerConfig {
@@ -40,6 +78,7 @@ impl Default for PreconditionerConfig {
             stats_period: 1,
             refresh_period: 20,
             scalings_period: 1,
+            on_non_finite: NonFinitePolicy::Skip,
         }
     }
 }
@@ -84,6 +123,7 @@ pub struct Preconditioner<T: Real> {
     config: PreconditionerConfig,
     blocks: Vec<Box<dyn CurvatureBlock<T>>>,
     step: usize,
+    skipped: Vec<usize>,
 }
 
 impl<T: Real> Preconditioner<T> {
@@ -96,13 +136,15 @@ impl<T: Real> Preconditioner<T> {
             .enumerate()
             .map(|(i, &s)| config.block.build(format!("layer{i}"), s))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, blocks, step: 0 })
+        let skipped = vec![0; blocks.len()];
+        Ok(Self { config, blocks, step: 0, skipped })
     }
 
     /// Wraps blocks built by the caller (e.g. a different kind per layer).
     pub fn from_blocks(config: PreconditionerConfig, blocks: Vec<Box<dyn CurvatureBlock<T>>>) -> Result<Self> {
         config.validate()?;
-        Ok(Self { config, blocks, step: 0 })
+        let skipped = vec![0; blocks.len()];
+        Ok(Self { config, blocks, step: 0, skipped })
     }
 
     /// The configuration.
@@ -139,7 +181,17 @@ impl<T: Real> Preconditioner<T> {
     /// One step of statistics and cache maintenance; see the type's docs.
     /// `batches[i]` belongs to layer `i`. `None` is allowed when
     /// [`needs_statistics`](Self::needs_statistics) is false.
-    pub fn update(&mut self, la: &dyn LinAlg<T>, batches: Option<&[LayerBatch<'_, T>]>) -> Result<()> {
+    ///
+    /// Every batch is checked (shape, emptiness, finiteness) before any
+    /// statistic changes. A non-finite batch, or statistics that overflow,
+    /// are handled as [`PreconditionerConfig::on_non_finite`] says.
+    ///
+    /// # Errors
+    ///
+    /// Shape and configuration errors; [`Error::NonFinite`] under
+    /// [`NonFinitePolicy::Error`]; decomposition failures (after the `f32` to
+    /// `f64` retry).
+    pub fn update(&mut self, la: &dyn LinAlg<T>, batches: Option<&[LayerBatch<'_, T>]>) -> Result<UpdateReport> {
         let k = self.step;
         let (stats_due, scalings_due) = self.due();
         let batches = match batches {
@@ -166,13 +218,51 @@ impl<T: Real> Preconditioner<T> {
         check_decay(decay)?;
         let damping = self.config.damping.at(k)?;
         let refresh_due = k.is_multiple_of(self.config.refresh_period);
-        if let (true, Some(b)) = (stats_due, batches) {
-            for (block, batch) in self.blocks.iter_mut().zip(b) {
-                block.update_statistics(la, batch, decay)?;
+        let mut report = UpdateReport::default();
+        // Which layers take this step's statistics: every batch is checked
+        // before anything changes.
+        let mut take = vec![true; self.blocks.len()];
+        if let (true, Some(b)) = (stats_due || scalings_due, batches) {
+            for (l, (block, batch)) in self.blocks.iter().zip(b).enumerate() {
+                let name = block.name();
+                let finite = check_finite(name, "inputs", batch.inputs).and(check_finite(name, "grads", batch.grads));
+                match (finite, self.config.on_non_finite) {
+                    (Ok(()), _) => batch.validate(name, block.shape())?,
+                    (Err(e), NonFinitePolicy::Error) => return Err(e),
+                    (Err(_), NonFinitePolicy::Skip) => take[l] = false,
+                }
             }
         }
-        let needs_refresh = |b: &dyn CurvatureBlock<T>| refresh_due || !b.is_ready();
-        let refreshing = self.blocks.iter().filter(|b| needs_refresh(&***b)).count();
+        let policy = self.config.on_non_finite;
+        let overflow = |name: &str, e: Error, take: &mut bool| -> Result<()> {
+            match (e, policy) {
+                (Error::NonFinite { .. }, NonFinitePolicy::Skip) => {
+                    *take = false;
+                    Ok(())
+                }
+                (Error::NonFinite { what, .. }, NonFinitePolicy::Error) => {
+                    Err(Error::NonFinite { block: name.to_string(), what })
+                }
+                (e, _) => Err(e),
+            }
+        };
+        if let (true, Some(b)) = (stats_due, batches) {
+            for ((block, batch), take) in self.blocks.iter_mut().zip(b).zip(take.iter_mut()) {
+                if *take && let Err(e) = block.update_statistics(la, batch, decay) {
+                    overflow(block.name(), e, take)?;
+                }
+            }
+        }
+        // A block that has never had statistics cannot be refreshed: it
+        // stays unready (and says so if asked to precondition).
+        let flags: Vec<bool> = self
+            .blocks
+            .iter()
+            .zip(&take)
+            .map(|(b, &took)| (refresh_due || !b.is_ready()) && (took || b.is_ready()))
+            .collect();
+        let refreshing = flags.iter().filter(|&&f| f).count();
+        report.refreshed = refreshing > 0;
         match la.concurrent_decompositions() {
             Some(cla) if refreshing > 1 => {
                 // Independent blocks, one per thread; each decomposition is
@@ -182,28 +272,40 @@ impl<T: Real> Preconditioner<T> {
                 let results: Vec<Result<()>> = self
                     .blocks
                     .par_iter_mut()
-                    .map(|block| if needs_refresh(&**block) { block.refresh(cla, damping) } else { Ok(()) })
+                    .zip(flags.par_iter())
+                    .map(|(block, &f)| if f { block.refresh(cla, damping) } else { Ok(()) })
                     .collect();
                 results.into_iter().collect::<Result<()>>()?;
             }
             _ => {
-                for block in self.blocks.iter_mut().filter(|b| needs_refresh(&***b)) {
+                for (block, _) in self.blocks.iter_mut().zip(&flags).filter(|(_, f)| **f) {
                     block.refresh(la, damping)?;
                 }
             }
         }
-        for block in &mut self.blocks {
+        for block in self.blocks.iter_mut().filter(|b| b.is_ready()) {
             if block.damping() != Some(damping) {
                 block.set_damping(la, damping)?;
             }
         }
         if let (true, Some(b)) = (scalings_due, batches) {
-            for (block, batch) in self.blocks.iter_mut().zip(b) {
-                block.update_scalings(la, batch, decay)?;
+            for ((block, batch), take) in self.blocks.iter_mut().zip(b).zip(take.iter_mut()) {
+                if *take
+                    && block.is_ready()
+                    && let Err(e) = block.update_scalings(la, batch, decay)
+                {
+                    overflow(block.name(), e, take)?;
+                }
+            }
+        }
+        for (l, &t) in take.iter().enumerate() {
+            if !t {
+                self.skipped[l] += 1;
+                report.skipped.push(l);
             }
         }
         self.step += 1;
-        Ok(())
+        Ok(report)
     }
 
     /// The preconditioned gradients, one per layer, each in the $\bar W$ layout.
@@ -222,5 +324,45 @@ impl<T: Real> Preconditioner<T> {
     /// Bytes held by all blocks.
     pub fn memory_bytes(&self) -> usize {
         self.blocks.iter().map(|b| b.memory_bytes()).sum()
+    }
+
+    /// The health report of every layer: eigenvalue range, condition number,
+    /// damping, and what the safeguards did (clamped eigenvalues, `f64`
+    /// retries, skipped updates).
+    pub fn health(&self) -> Vec<BlockHealth> {
+        self.blocks.iter().zip(&self.skipped).map(|(b, &s)| BlockHealth { skipped_updates: s, ..b.health() }).collect()
+    }
+
+    /// The complete state, to save in a checkpoint; see [`crate::state`].
+    pub fn state(&self) -> PreconditionerState<T> {
+        PreconditionerState {
+            step: self.step,
+            skipped: self.skipped.clone(),
+            blocks: self.blocks.iter().map(|b| b.state()).collect(),
+        }
+    }
+
+    /// Continues from a saved state. Every block's state is checked before
+    /// anything changes: on error the preconditioner is as it was.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] when the number of layers differs or a block's
+    /// state does not fit (see [`CurvatureBlock::restored`]).
+    pub fn restore(&mut self, state: &PreconditionerState<T>) -> Result<()> {
+        let invalid = |why: String| Error::InvalidState { block: "preconditioner".into(), why };
+        if state.blocks.len() != self.blocks.len() || state.skipped.len() != self.blocks.len() {
+            return Err(invalid(format!(
+                "the state has {} blocks and {} skip counters, this preconditioner has {} layers",
+                state.blocks.len(),
+                state.skipped.len(),
+                self.blocks.len()
+            )));
+        }
+        let blocks = self.blocks.iter().zip(&state.blocks).map(|(b, s)| b.restored(s)).collect::<Result<Vec<_>>>()?;
+        self.blocks = blocks;
+        self.step = state.step;
+        self.skipped = state.skipped.clone();
+        Ok(())
     }
 }

@@ -224,6 +224,11 @@ where
         Some(self)
     }
 
+    /// The same backend (same threads) in `f64`.
+    fn f64_backend(&self) -> Option<&dyn LinAlg<f64>> {
+        Some(self)
+    }
+
     /// $C \leftarrow \alpha A B + \beta C$ with [`Matrix::gemm`](nalgebra::Matrix::gemm).
     ///
     /// As in BLAS, `alpha == 0` (or an inner dimension of 0) gives

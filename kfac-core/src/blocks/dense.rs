@@ -2,13 +2,16 @@
 
 use ndarray::{Array2, ArrayView2};
 
-use super::{CurvatureBlock, bytes, check_dense_size, check_operand, dec_err, lin_err, not_ready, tikhonov_only};
+use super::{
+    CurvatureBlock, bytes, check_dense_size, check_operand, lin_err, not_ready, safe_spd_inverse, tikhonov_only,
+};
 use crate::average::MovingAverage;
 use crate::damping::Damping;
 use crate::error::{Error, Result};
 use crate::linalg::LinAlg;
 use crate::scalar::Real;
 use crate::shape::{LayerBatch, LayerShape, unvec_col_major, vec_col_major};
+use crate::state::{BlockHealth, BlockState, Counters};
 
 /// The layer's exact Fisher block, from per-example gradients.
 ///
@@ -25,6 +28,7 @@ pub struct DenseBlock<T> {
     fisher: MovingAverage<T>,
     lambda: Option<f64>,
     inverse: Option<Array2<T>>,
+    counters: Counters,
 }
 
 impl<T: Real> DenseBlock<T> {
@@ -34,7 +38,14 @@ impl<T: Real> DenseBlock<T> {
         let name = name.into();
         let p = shape.num_params();
         check_dense_size(&name, p)?;
-        Ok(Self { name, shape, fisher: MovingAverage::zeros(p, p), lambda: None, inverse: None })
+        Ok(Self {
+            name,
+            shape,
+            fisher: MovingAverage::zeros(p, p),
+            lambda: None,
+            inverse: None,
+            counters: Counters::default(),
+        })
     }
 
     /// The running Fisher block $F$.
@@ -84,7 +95,10 @@ impl<T: Real> CurvatureBlock<T> for DenseBlock<T> {
 
     fn set_damping(&mut self, la: &dyn LinAlg<T>, damping: Damping) -> Result<()> {
         let lambda = self.tikhonov(damping)?;
-        let inv = la.spd_inverse(self.damped(lambda).view()).map_err(dec_err(&self.name, "F + lambda I"))?;
+        let mut counters = self.counters;
+        let inv = safe_spd_inverse(la, self.damped(lambda).view(), &self.name, "F + lambda I", &mut counters)?;
+        counters.refreshes += 1;
+        self.counters = counters;
         self.inverse = Some(inv);
         self.lambda = Some(lambda);
         Ok(())
@@ -116,6 +130,43 @@ impl<T: Real> CurvatureBlock<T> for DenseBlock<T> {
 
     fn memory_bytes(&self) -> usize {
         self.fisher.memory_bytes() + self.inverse.as_ref().map_or(0, bytes)
+    }
+
+    fn state(&self) -> BlockState<T> {
+        let mut st = BlockState::new("dense", self.shape);
+        st.average("fisher", &self.fisher);
+        st.damping(self.damping());
+        st.counters(&self.counters);
+        if let Some(inv) = &self.inverse {
+            st.matrix("inverse", inv);
+        }
+        st
+    }
+
+    fn restored(&self, state: &BlockState<T>) -> Result<Box<dyn CurvatureBlock<T>>> {
+        let r = state.reader(&self.name, "dense", self.shape)?;
+        let p = self.shape.num_params();
+        let fisher = r.average("fisher", p, p)?;
+        let lambda = match r.damping()? {
+            Some(d) => Some(
+                self.tikhonov(d).map_err(|e| Error::InvalidState { block: self.name.clone(), why: e.to_string() })?,
+            ),
+            None => None,
+        };
+        let counters = r.counters()?;
+        let inverse = if r.has("inverse") { Some(r.matrix("inverse", p, p)?) } else { None };
+        if inverse.is_some() != lambda.is_some() {
+            return Err(Error::InvalidState {
+                block: self.name.clone(),
+                why: "an inverse without a damping, or a damping without an inverse".into(),
+            });
+        }
+        r.finish()?;
+        Ok(Box::new(Self { name: self.name.clone(), shape: self.shape, fisher, lambda, inverse, counters }))
+    }
+
+    fn health(&self) -> BlockHealth {
+        BlockHealth::with_spectrum(&self.name, None, self.lambda, self.counters)
     }
 }
 

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::linalg::LinAlg;
 use crate::scalar::Real;
 use crate::shape::{LayerBatch, LayerShape};
+use crate::state::{BlockHealth, BlockState, Counters, range};
 
 /// The diagonal of the layer's Fisher block, as a baseline.
 ///
@@ -128,5 +129,31 @@ impl<T: Real> CurvatureBlock<T> for DiagonalBlock<T> {
 
     fn memory_bytes(&self) -> usize {
         self.diag.memory_bytes()
+    }
+
+    fn state(&self) -> BlockState<T> {
+        let mut st = BlockState::new("diagonal", self.shape);
+        st.average("diag", &self.diag);
+        st.damping(self.damping());
+        st
+    }
+
+    fn restored(&self, state: &BlockState<T>) -> Result<Box<dyn CurvatureBlock<T>>> {
+        let r = state.reader(&self.name, "diagonal", self.shape)?;
+        let (rows, cols) = self.shape.param_dims();
+        let diag = r.average("diag", rows, cols)?;
+        let lambda = match r.damping()? {
+            Some(d) => Some(
+                self.tikhonov(d).map_err(|e| Error::InvalidState { block: self.name.clone(), why: e.to_string() })?,
+            ),
+            None => None,
+        };
+        r.finish()?;
+        Ok(Box::new(Self { name: self.name.clone(), shape: self.shape, diag, lambda }))
+    }
+
+    fn health(&self) -> BlockHealth {
+        let spectrum = self.lambda.and_then(|_| range(self.diag.value().iter()));
+        BlockHealth::with_spectrum(&self.name, spectrum, self.lambda, Counters::default())
     }
 }

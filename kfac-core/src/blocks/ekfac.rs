@@ -3,8 +3,8 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis, Zip, s};
 
 use super::{
-    CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, clamp_nonneg, dec_err, dense_in_basis, from_basis,
-    lin_err, not_ready, outer_plus, tikhonov_only, to_basis,
+    CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, dense_in_basis, from_basis, lin_err, not_ready,
+    outer_plus, safe_eigh, tikhonov_only, to_basis,
 };
 use crate::average::MovingAverage;
 use crate::damping::Damping;
@@ -13,6 +13,7 @@ use crate::factors::KroneckerFactors;
 use crate::linalg::LinAlg;
 use crate::scalar::Real;
 use crate::shape::{LayerBatch, LayerShape};
+use crate::state::{BlockHealth, BlockState, Counters, range};
 
 #[derive(Debug, Clone)]
 struct Basis<T> {
@@ -50,6 +51,7 @@ pub struct EkfacBlock<T> {
     basis: Option<Basis<T>>,
     scalings: MovingAverage<T>,
     lambda: Option<f64>,
+    counters: Counters,
 }
 
 impl<T: Real> EkfacBlock<T> {
@@ -62,6 +64,7 @@ impl<T: Real> EkfacBlock<T> {
             basis: None,
             scalings: MovingAverage::zeros(r, c),
             lambda: None,
+            counters: Counters::default(),
         }
     }
 
@@ -144,11 +147,12 @@ impl<T: Real> CurvatureBlock<T> for EkfacBlock<T> {
         if !self.factors.is_initialised() {
             return Err(Error::NotReady { block: self.name.clone(), what: "no statistics yet" });
         }
-        let ea = la.eigh(self.factors.a()).map_err(dec_err(&self.name, "A"))?;
-        let eb = la.eigh(self.factors.b()).map_err(dec_err(&self.name, "B"))?;
-        let (mut sa, mut sb) = (ea.values, eb.values);
-        clamp_nonneg(&mut sa);
-        clamp_nonneg(&mut sb);
+        let mut counters = self.counters;
+        let ea = safe_eigh(la, self.factors.a(), &self.name, "A", &mut counters)?;
+        let eb = safe_eigh(la, self.factors.b(), &self.name, "B", &mut counters)?;
+        counters.refreshes += 1;
+        self.counters = counters;
+        let (sa, sb) = (ea.values, eb.values);
         self.scalings.reset_to(outer_plus(sb.view(), sa.view(), T::zero(), T::zero()));
         self.basis = Some(Basis { ua: ea.vectors, ub: eb.vectors, sa, sb });
         self.lambda = Some(lambda);
@@ -206,5 +210,69 @@ impl<T: Real> CurvatureBlock<T> for EkfacBlock<T> {
         self.factors.memory_bytes()
             + self.scalings.memory_bytes()
             + self.basis.as_ref().map_or(0, |b| bytes(&b.ua) + bytes(&b.ub) + bytes1(&b.sa) + bytes1(&b.sb))
+    }
+
+    fn state(&self) -> BlockState<T> {
+        let mut st = BlockState::new("ekfac", self.shape());
+        st.average("A", self.factors.a_average());
+        st.average("B", self.factors.b_average());
+        st.average("S", &self.scalings);
+        st.damping(self.damping());
+        st.counters(&self.counters);
+        if let Some(b) = &self.basis {
+            st.matrix("ua", &b.ua);
+            st.matrix("ub", &b.ub);
+            st.vector("sa", &b.sa);
+            st.vector("sb", &b.sb);
+        }
+        st
+    }
+
+    fn restored(&self, state: &BlockState<T>) -> Result<Box<dyn CurvatureBlock<T>>> {
+        let shape = self.shape();
+        let r = state.reader(&self.name, "ekfac", shape)?;
+        let (da, db) = (shape.a_dim(), shape.b_dim());
+        let (rows, cols) = shape.param_dims();
+        let a = r.average("A", da, da)?;
+        let b = r.average("B", db, db)?;
+        let scalings = r.average("S", rows, cols)?;
+        let lambda = match r.damping()? {
+            Some(d) => Some(
+                self.check_damping(d)
+                    .map_err(|e| Error::InvalidState { block: self.name.clone(), why: e.to_string() })?,
+            ),
+            None => None,
+        };
+        let counters = r.counters()?;
+        let basis = if r.has("ua") {
+            Some(Basis {
+                ua: r.matrix("ua", da, da)?,
+                ub: r.matrix("ub", db, db)?,
+                sa: r.vector("sa", da)?,
+                sb: r.vector("sb", db)?,
+            })
+        } else {
+            None
+        };
+        if basis.is_some() != lambda.is_some() {
+            return Err(Error::InvalidState {
+                block: self.name.clone(),
+                why: "a basis without a damping, or a damping without a basis".into(),
+            });
+        }
+        r.finish()?;
+        Ok(Box::new(Self {
+            name: self.name.clone(),
+            factors: KroneckerFactors::from_parts(shape, a, b),
+            basis,
+            scalings,
+            lambda,
+            counters,
+        }))
+    }
+
+    fn health(&self) -> BlockHealth {
+        let spectrum = self.basis.as_ref().and_then(|_| range(self.scalings.value().iter()));
+        BlockHealth::with_spectrum(&self.name, spectrum, self.lambda, self.counters)
     }
 }

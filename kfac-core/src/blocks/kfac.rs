@@ -3,8 +3,8 @@
 use ndarray::{Array1, Array2, ArrayView2, Zip};
 
 use super::{
-    CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, clamp_nonneg, dec_err, from_basis, kron_dense,
-    lin_err, mean_diag, not_ready, outer_plus, to_basis,
+    CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, from_basis, kron_dense, lin_err, mean_diag,
+    not_ready, outer_plus, safe_eigh, safe_spd_inverse, to_basis,
 };
 use crate::damping::Damping;
 use crate::error::{Error, Result};
@@ -12,6 +12,7 @@ use crate::factors::KroneckerFactors;
 use crate::linalg::LinAlg;
 use crate::scalar::Real;
 use crate::shape::{LayerBatch, LayerShape};
+use crate::state::{BlockHealth, BlockState, Counters, range};
 
 /// How [`KfacBlock`] inverts its damped factors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,12 +70,27 @@ pub struct KfacBlock<T> {
     method: KfacMethod,
     damping: Option<Damping>,
     cache: Cache<T>,
+    counters: Counters,
 }
 
 impl<T: Real> KfacBlock<T> {
     /// A new block with zero statistics and no cache.
     pub fn new(name: impl Into<String>, shape: LayerShape, method: KfacMethod) -> Self {
-        Self { name: name.into(), factors: KroneckerFactors::new(shape), method, damping: None, cache: Cache::Empty }
+        Self {
+            name: name.into(),
+            factors: KroneckerFactors::new(shape),
+            method,
+            damping: None,
+            cache: Cache::Empty,
+            counters: Counters::default(),
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self.method {
+            KfacMethod::Eigen => "kfac-eigen",
+            KfacMethod::Inverse => "kfac-inverse",
+        }
     }
 
     /// The running factors.
@@ -120,8 +136,11 @@ impl<T: Real> KfacBlock<T> {
         a_damped.diag_mut().mapv_inplace(|x| x + da);
         let mut b_damped = b.to_owned();
         b_damped.diag_mut().mapv_inplace(|x| x + db);
-        let a_inv = la.spd_inverse(a_damped.view()).map_err(dec_err(&self.name, "A"))?;
-        let b_inv = la.spd_inverse(b_damped.view()).map_err(dec_err(&self.name, "B"))?;
+        let mut counters = self.counters;
+        let a_inv = safe_spd_inverse(la, a_damped.view(), &self.name, "A", &mut counters)?;
+        let b_inv = safe_spd_inverse(la, b_damped.view(), &self.name, "B", &mut counters)?;
+        counters.refreshes += 1;
+        self.counters = counters;
         self.cache = Cache::Inverse { a_inv, b_inv, a_damped, b_damped };
         self.damping = Some(damping);
         Ok(())
@@ -170,16 +189,16 @@ impl<T: Real> CurvatureBlock<T> for KfacBlock<T> {
         match self.method {
             KfacMethod::Inverse => self.build_inverse(la, damping),
             KfacMethod::Eigen => {
-                let ea = la.eigh(self.factors.a()).map_err(dec_err(&self.name, "A"))?;
-                let eb = la.eigh(self.factors.b()).map_err(dec_err(&self.name, "B"))?;
-                let (mut sa, mut sb) = (ea.values, eb.values);
-                clamp_nonneg(&mut sa);
-                clamp_nonneg(&mut sb);
+                let mut counters = self.counters;
+                let ea = safe_eigh(la, self.factors.a(), &self.name, "A", &mut counters)?;
+                let eb = safe_eigh(la, self.factors.b(), &self.name, "B", &mut counters)?;
+                counters.refreshes += 1;
+                self.counters = counters;
                 self.cache = Cache::Eigen {
                     ua: ea.vectors,
-                    sa,
+                    sa: ea.values,
                     ub: eb.vectors,
-                    sb,
+                    sb: eb.values,
                     mean_diag_a: mean_diag(self.factors.a()),
                     mean_diag_b: mean_diag(self.factors.b()),
                     inv_denominator: Array2::zeros((0, 0)),
@@ -251,5 +270,84 @@ impl<T: Real> CurvatureBlock<T> for KfacBlock<T> {
                     bytes(a_inv) + bytes(b_inv) + bytes(a_damped) + bytes(b_damped)
                 }
             }
+    }
+
+    fn state(&self) -> BlockState<T> {
+        let mut st = BlockState::new(self.kind_name(), self.shape());
+        st.average("A", self.factors.a_average());
+        st.average("B", self.factors.b_average());
+        st.damping(self.damping);
+        st.counters(&self.counters);
+        match &self.cache {
+            Cache::Empty => {}
+            Cache::Eigen { ua, sa, ub, sb, mean_diag_a, mean_diag_b, inv_denominator } => {
+                st.matrix("ua", ua);
+                st.vector("sa", sa);
+                st.matrix("ub", ub);
+                st.vector("sb", sb);
+                st.scalar("mean_diag_a", mean_diag_a.to_f64_exact());
+                st.scalar("mean_diag_b", mean_diag_b.to_f64_exact());
+                st.matrix("inv_denominator", inv_denominator);
+            }
+            Cache::Inverse { a_inv, b_inv, a_damped, b_damped } => {
+                st.matrix("a_inv", a_inv);
+                st.matrix("b_inv", b_inv);
+                st.matrix("a_damped", a_damped);
+                st.matrix("b_damped", b_damped);
+            }
+        }
+        st
+    }
+
+    fn restored(&self, state: &BlockState<T>) -> Result<Box<dyn CurvatureBlock<T>>> {
+        let shape = self.shape();
+        let r = state.reader(&self.name, self.kind_name(), shape)?;
+        let (da, db) = (shape.a_dim(), shape.b_dim());
+        let (rows, cols) = shape.param_dims();
+        let a = r.average("A", da, da)?;
+        let b = r.average("B", db, db)?;
+        let damping = r.damping()?;
+        let counters = r.counters()?;
+        let cache = match self.method {
+            KfacMethod::Eigen if r.has("ua") => Cache::Eigen {
+                ua: r.matrix("ua", da, da)?,
+                sa: r.vector("sa", da)?,
+                ub: r.matrix("ub", db, db)?,
+                sb: r.vector("sb", db)?,
+                mean_diag_a: r.real("mean_diag_a")?,
+                mean_diag_b: r.real("mean_diag_b")?,
+                inv_denominator: r.matrix("inv_denominator", rows, cols)?,
+            },
+            KfacMethod::Inverse if r.has("a_inv") => Cache::Inverse {
+                a_inv: r.matrix("a_inv", da, da)?,
+                b_inv: r.matrix("b_inv", db, db)?,
+                a_damped: r.matrix("a_damped", da, da)?,
+                b_damped: r.matrix("b_damped", db, db)?,
+            },
+            _ => Cache::Empty,
+        };
+        if !matches!(cache, Cache::Empty) && damping.is_none() {
+            return Err(Error::InvalidState { block: self.name.clone(), why: "a cache without a damping".into() });
+        }
+        r.finish()?;
+        Ok(Box::new(Self {
+            name: self.name.clone(),
+            factors: KroneckerFactors::from_parts(shape, a, b),
+            method: self.method,
+            damping,
+            cache,
+            counters,
+        }))
+    }
+
+    fn health(&self) -> BlockHealth {
+        let spectrum = match &self.cache {
+            Cache::Eigen { sa, sb, .. } => match (range(sa.iter()), range(sb.iter())) {
+                (Some((a0, a1)), Some((b0, b1))) => Some((a0 * b0, a1 * b1)),
+                _ => None,
+            },
+            _ => None,
+        };
+        BlockHealth::with_spectrum(&self.name, spectrum, self.damping.map(|d| d.lambda()), self.counters)
     }
 }

@@ -41,8 +41,10 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use crate::damping::Damping;
 use crate::error::{Error, Result};
 use crate::linalg::LinAlg;
+use crate::linalg::SymEig;
 use crate::scalar::Real;
 use crate::shape::{LayerBatch, LayerShape, check_finite, check_shape};
+use crate::state::{BlockHealth, BlockState, Counters};
 
 /// The largest side of a dense matrix that [`CurvatureBlock::to_dense`] and
 /// [`DenseBlock`] will build (4096: 128 MiB in `f64`).
@@ -153,6 +155,23 @@ pub trait CurvatureBlock<T: Real>: Send + Sync + Debug {
 
     /// Bytes held by statistics and cache.
     fn memory_bytes(&self) -> usize;
+
+    /// The block's complete state, to save in a checkpoint; see
+    /// [`crate::state`].
+    fn state(&self) -> BlockState<T>;
+
+    /// A new block holding `state`, which is checked completely first (kind,
+    /// shape, names, dimensions, finiteness, ranges). `self` is unchanged;
+    /// its name is kept.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] naming what does not fit.
+    fn restored(&self, state: &BlockState<T>) -> Result<Box<dyn CurvatureBlock<T>>>;
+
+    /// The block's health report (eigenvalue range, conditioning, damping,
+    /// counters of the safeguards); see [`BlockHealth`].
+    fn health(&self) -> BlockHealth;
 }
 
 pub(crate) fn bytes<T>(a: &Array2<T>) -> usize {
@@ -255,11 +274,123 @@ pub(crate) fn dense_in_basis<T: Real>(
     la.matmul(qs.view(), q.t())
 }
 
-/// Clamps eigenvalues below zero (round-off on a PSD factor) to zero.
-pub(crate) fn clamp_nonneg<T: Real>(s: &mut Array1<T>) {
+/// Clamps eigenvalues below zero (round-off on a PSD factor) to zero and
+/// returns how many there were.
+pub(crate) fn clamp_nonneg<T: Real>(s: &mut Array1<T>) -> usize {
+    let negative = s.iter().filter(|&&x| x < T::zero()).count();
     s.mapv_inplace(|x| if x > T::zero() { x } else { T::zero() });
+    negative
+}
+
+fn is_f32<T>() -> bool {
+    std::mem::size_of::<T>() < std::mem::size_of::<f64>()
+}
+
+/// `None` when `m` is exactly symmetric (the Gram products mirror their
+/// lower triangle), $\tfrac12(M + M^\top)$ otherwise.
+fn symmetrised<T: Real>(m: ArrayView2<'_, T>) -> Option<Array2<T>> {
+    let n = m.nrows();
+    if (0..n).all(|i| (0..i).all(|j| m[(i, j)] == m[(j, i)])) {
+        return None;
+    }
+    let half = T::from_f64_lossy(0.5);
+    Some(Array2::from_shape_fn((n, n), |(i, j)| half * (m[(i, j)] + m[(j, i)])))
+}
+
+/// The eigendecomposition of the factor `what` of `block`, with the
+/// safeguards: a non-finite factor is refused before the decomposition; the
+/// input is made exactly symmetric; an `f32` decomposition that fails or
+/// returns non-finite values is redone in `f64` when the backend has an
+/// `f64` twin (counted in `counters`); eigenvalues below zero are clamped
+/// (counted).
+pub(crate) fn safe_eigh<T: Real>(
+    la: &dyn LinAlg<T>,
+    m: ArrayView2<'_, T>,
+    block: &str,
+    what: &'static str,
+    counters: &mut Counters,
+) -> Result<SymEig<T>> {
+    check_finite(block, what, m)?;
+    let owned = symmetrised(m);
+    let sym = owned.as_ref().map_or(m, |s| s.view());
+    let finite = |e: &SymEig<T>| e.values.iter().chain(e.vectors.iter()).all(|x| x.is_finite());
+    let first = match la.eigh(sym.view()) {
+        Ok(e) if finite(&e) => Ok(e),
+        Ok(_) => Err(crate::LinAlgError::NonFinite { op: "eigh (output)" }),
+        Err(e) => Err(e),
+    };
+    let mut eig = match (first, is_f32::<T>(), la.f64_backend()) {
+        (Ok(e), _, _) => e,
+        (Err(_), true, Some(la64)) => {
+            let wide = sym.mapv(|x| x.to_f64_exact());
+            let e = la64.eigh(wide.view()).map_err(dec_err(block, what))?;
+            counters.f64_retries += 1;
+            SymEig { values: e.values.mapv(T::from_f64_lossy), vectors: e.vectors.mapv(T::from_f64_lossy) }
+        }
+        (Err(e), _, _) => return Err(dec_err(block, what)(e)),
+    };
+    if !finite(&eig) {
+        return Err(dec_err(block, what)(crate::LinAlgError::NonFinite { op: "eigh (output)" }));
+    }
+    counters.clamped += clamp_nonneg(&mut eig.values);
+    Ok(eig)
+}
+
+/// The inverse of the SPD matrix `m` (a damped factor or block), with the
+/// safeguards of [`safe_eigh`]: finiteness checked first, an `f32` failure
+/// redone in `f64`.
+pub(crate) fn safe_spd_inverse<T: Real>(
+    la: &dyn LinAlg<T>,
+    m: ArrayView2<'_, T>,
+    block: &str,
+    what: &'static str,
+    counters: &mut Counters,
+) -> Result<Array2<T>> {
+    check_finite(block, what, m)?;
+    let owned = symmetrised(m);
+    let sym = owned.as_ref().map_or(m, |s| s.view());
+    let first = match la.spd_inverse(sym.view()) {
+        Ok(inv) if inv.iter().all(|x| x.is_finite()) => Ok(inv),
+        Ok(_) => Err(crate::LinAlgError::NonFinite { op: "spd_inverse (output)" }),
+        Err(e) => Err(e),
+    };
+    match (first, is_f32::<T>(), la.f64_backend()) {
+        (Ok(inv), _, _) => Ok(inv),
+        (Err(_), true, Some(la64)) => {
+            let wide = sym.mapv(|x| x.to_f64_exact());
+            let inv = la64.spd_inverse(wide.view()).map_err(dec_err(block, what))?;
+            let inv = inv.mapv(T::from_f64_lossy);
+            if !inv.iter().all(|x| x.is_finite()) {
+                return Err(dec_err(block, what)(crate::LinAlgError::NonFinite { op: "spd_inverse (output)" }));
+            }
+            counters.f64_retries += 1;
+            Ok(inv)
+        }
+        (Err(e), _, _) => Err(dec_err(block, what)(e)),
+    }
 }
 
 pub(crate) fn outer_plus<T: Real>(sb: ArrayView1<'_, T>, sa: ArrayView1<'_, T>, db: T, da: T) -> Array2<T> {
     Array2::from_shape_fn((sb.len(), sa.len()), |(i, j)| (sb[i] + db) * (sa[j] + da))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symmetrised_leaves_symmetric_matrices_alone_and_averages_the_rest() {
+        let s = ndarray::array![[2.0, 1.0], [1.0, 3.0]];
+        assert!(symmetrised(s.view()).is_none());
+        let a = ndarray::array![[2.0, 1.0], [1.5, 3.0]];
+        let fixed = symmetrised(a.view()).unwrap();
+        assert_eq!(fixed, ndarray::array![[2.0, 1.25], [1.25, 3.0]]);
+    }
+
+    #[test]
+    fn clamping_counts_the_negative_eigenvalues() {
+        let mut s = ndarray::array![-1e-12, 0.0, 2.0, -3e-9];
+        assert_eq!(clamp_nonneg(&mut s), 2);
+        assert_eq!(s, ndarray::array![0.0, 0.0, 2.0, 0.0]);
+    }
 }
