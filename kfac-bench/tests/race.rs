@@ -9,7 +9,14 @@ fn curve(losses: &[f64], step_seconds: f64) -> Vec<StepRecord> {
     losses
         .iter()
         .enumerate()
-        .map(|(i, &loss)| StepRecord { step: i + 1, loss, seconds: step_seconds * (i + 1) as f64, kl_scale: None })
+        .map(|(i, &loss)| StepRecord {
+            step: i + 1,
+            loss,
+            seconds: step_seconds * (i + 1) as f64,
+            kl_scale: None,
+            skipped: None,
+            skipped_statistics: vec![],
+        })
         .collect()
 }
 
@@ -25,6 +32,9 @@ fn metrics(kind: OptimizerKind, losses: &[f64], step_seconds: f64) -> (Contestan
         final_loss: *losses.last().unwrap(),
         final_test_loss: f64::NAN,
         parameters: 0,
+        skipped_steps: 0,
+        health: vec![],
+        resumed_from: None,
     };
     (Contestant { name: kind.name().into(), optimizer: config.optimizer }, m)
 }

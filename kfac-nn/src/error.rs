@@ -51,13 +51,23 @@ pub enum Error {
         /// The allowed range.
         why: String,
     },
-    /// Training produced a non-finite loss.
-    #[error("training diverged at step {step}: loss is {loss}")]
-    Diverged {
-        /// The step.
+    /// A step met a non-finite number (with [`OnNonFinite::Error`](crate::optim::OnNonFinite::Error)).
+    #[error(
+        "step {step}: {what} is not finite (a NaN or an infinity in the batch, or an overflow); nothing was changed"
+    )]
+    NonFinite {
+        /// The step (from 1; 0 when unknown).
         step: usize,
-        /// The loss value.
-        loss: f64,
+        /// What was not finite.
+        what: &'static str,
+    },
+    /// A checkpoint that cannot be used.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// The curvature library reported an error.
     #[error(transparent)]

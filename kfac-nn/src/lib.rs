@@ -31,6 +31,7 @@
 //! ```
 
 pub mod backend;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod loss;

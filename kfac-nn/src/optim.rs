@@ -18,7 +18,8 @@
 //! predicted change of the KL divergence), $\nu = \min(1, \sqrt{\kappa / q})$.
 
 use kfac::{
-    BlockKind, DampingSchedule, KfacMethod, LayerBatch, LinAlg, Preconditioner, PreconditionerConfig, Schedule,
+    BlockKind, DampingSchedule, KfacMethod, LayerBatch, LinAlg, NonFinitePolicy, Preconditioner, PreconditionerConfig,
+    PreconditionerState, Schedule,
 };
 use ndarray::{Array2, ArrayView2, Zip, s};
 
@@ -57,6 +58,28 @@ impl OptimizerKind {
     /// Whether the optimizer uses curvature statistics.
     pub fn is_curvature(self) -> bool {
         matches!(self, Self::Kfac | Self::Ekfac)
+    }
+}
+
+/// What a step does when its loss, gradients, curvature statistics or
+/// preconditioned directions are not finite (a bad batch, an overflow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonFinite {
+    /// Change nothing (weights, momentum, statistics of the affected
+    /// layers), count the skip, report it in the step's record, go on.
+    #[default]
+    Skip,
+    /// Stop with [`Error::NonFinite`].
+    Error,
+}
+
+impl From<OnNonFinite> for NonFinitePolicy {
+    fn from(p: OnNonFinite) -> Self {
+        match p {
+            OnNonFinite::Skip => NonFinitePolicy::Skip,
+            OnNonFinite::Error => NonFinitePolicy::Error,
+        }
     }
 }
 
@@ -109,6 +132,9 @@ pub struct OptimizerConfig {
     pub fisher: FisherMode,
     /// $\tau$: the fraction of each batch used for the curvature statistics.
     pub stats_fraction: f64,
+    /// What a step does with non-finite numbers (default: skip and report).
+    #[serde(default)]
+    pub on_non_finite: OnNonFinite,
 }
 
 impl OptimizerConfig {
@@ -137,6 +163,7 @@ impl OptimizerConfig {
             kl_clip: Some(1e-2),
             fisher: FisherMode::True,
             stats_fraction: 0.25,
+            on_non_finite: OnNonFinite::Skip,
         };
         match kind {
             OptimizerKind::Sgd => Self { lr: 3e-3, ..base },
@@ -201,12 +228,34 @@ impl OptimizerConfig {
 }
 
 /// What a step reports.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepReport {
     /// The batch loss before the update (without the $\ell_2$ term).
     pub loss: f64,
     /// The KL-clip factor $\nu$ applied (K-FAC and EKFAC with clipping).
     pub kl_scale: Option<f64>,
+    /// Set when the step changed nothing because `what` was not finite
+    /// ([`OnNonFinite::Skip`]).
+    pub skipped: Option<&'static str>,
+    /// Layers whose curvature statistics were not updated at this step
+    /// (their batch was not finite).
+    pub skipped_statistics: Vec<usize>,
+}
+
+/// The state of an [`Optimizer`] (checkpoints): momentum or Adam's moments,
+/// counters, and the preconditioner's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerState<T> {
+    /// Which optimizer.
+    pub kind: OptimizerKind,
+    /// Per-layer arrays: `velocity` (SGD, K-FAC, EKFAC) or `m` and `v` (Adam).
+    pub buffers: Vec<(String, Vec<Array2<T>>)>,
+    /// Adam's step counter.
+    pub adam_step: i32,
+    /// Steps skipped for non-finite numbers.
+    pub skipped_steps: usize,
+    /// The curvature state (K-FAC, EKFAC).
+    pub preconditioner: Option<PreconditionerState<T>>,
 }
 
 #[derive(Debug)]
@@ -221,6 +270,7 @@ enum State<T: Scalar> {
 pub struct Optimizer<T: Scalar> {
     config: OptimizerConfig,
     state: State<T>,
+    skipped_steps: usize,
 }
 
 impl<T: Scalar> Optimizer<T> {
@@ -251,11 +301,86 @@ impl<T: Scalar> Optimizer<T> {
                     stats_period: config.stats_period,
                     refresh_period: config.refresh_period,
                     scalings_period: config.scalings_period,
+                    on_non_finite: config.on_non_finite.into(),
                 };
                 State::Kfac { pre: Box::new(Preconditioner::new(pc, &mlp.shapes())?), velocity: zeros() }
             }
         };
-        Ok(Self { config, state })
+        Ok(Self { config, state, skipped_steps: 0 })
+    }
+
+    /// Steps skipped so far because a number was not finite.
+    pub fn skipped_steps(&self) -> usize {
+        self.skipped_steps
+    }
+
+    /// The complete state, to save in a checkpoint.
+    pub fn state(&self) -> OptimizerState<T> {
+        let (buffers, adam_step, preconditioner) = match &self.state {
+            State::Sgd { velocity } => (vec![("velocity".to_string(), velocity.clone())], 0, None),
+            State::Adam { m, v, t } => (vec![("m".to_string(), m.clone()), ("v".to_string(), v.clone())], *t, None),
+            State::Kfac { pre, velocity } => (vec![("velocity".to_string(), velocity.clone())], 0, Some(pre.state())),
+        };
+        OptimizerState { kind: self.config.kind, buffers, adam_step, skipped_steps: self.skipped_steps, preconditioner }
+    }
+
+    /// Continues from a saved state, which must come from an optimizer of
+    /// the same kind for the same network. Everything is checked before
+    /// anything changes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Checkpoint`] naming what does not fit; [`Error::Core`] for a
+    /// preconditioner state that does not fit.
+    pub fn restore(&mut self, state: &OptimizerState<T>) -> Result<()> {
+        let bad = |reason: String| Error::Checkpoint { path: "optimizer state".into(), reason };
+        if state.kind != self.config.kind {
+            return Err(bad(format!(
+                "it is the state of {}, this run uses {}",
+                state.kind.name(),
+                self.config.kind.name()
+            )));
+        }
+        let current = self.state();
+        if state.buffers.len() != current.buffers.len() {
+            return Err(bad(format!("{} buffers, expected {}", state.buffers.len(), current.buffers.len())));
+        }
+        for ((name, arrays), (want, like)) in state.buffers.iter().zip(&current.buffers) {
+            if name != want || arrays.len() != like.len() {
+                return Err(bad(format!(
+                    "buffer `{name}` ({} layers), expected `{want}` ({} layers)",
+                    arrays.len(),
+                    like.len()
+                )));
+            }
+            for (l, (a, b)) in arrays.iter().zip(like).enumerate() {
+                if a.dim() != b.dim() {
+                    return Err(bad(format!("`{name}` of layer {l} has shape {:?}, expected {:?}", a.dim(), b.dim())));
+                }
+                if !a.iter().all(|x| x.is_finite()) {
+                    return Err(bad(format!("`{name}` of layer {l} holds a non-finite value")));
+                }
+            }
+        }
+        if state.adam_step < 0 {
+            return Err(bad(format!("Adam's step counter is {}", state.adam_step)));
+        }
+        let take = |i: usize| state.buffers[i].1.clone();
+        match (&mut self.state, &state.preconditioner) {
+            (State::Sgd { velocity }, None) => *velocity = take(0),
+            (State::Adam { m, v, t }, None) => {
+                *m = take(0);
+                *v = take(1);
+                *t = state.adam_step;
+            }
+            (State::Kfac { pre, velocity }, Some(ps)) => {
+                pre.restore(ps)?;
+                *velocity = take(0);
+            }
+            _ => return Err(bad("a curvature state for an optimizer without one, or none for one with".into())),
+        }
+        self.skipped_steps = state.skipped_steps;
+        Ok(())
     }
 
     /// The configuration.
@@ -285,7 +410,7 @@ impl<T: Scalar> Optimizer<T> {
         let out = fwd.output();
         let value = loss.value(out, t)?;
         if !value.is_finite() {
-            return Err(Error::Diverged { step: 0, loss: value });
+            return self.refuse("the loss", value, Vec::new());
         }
         let g_out = loss.grad(out, t)?;
         let cfg = &self.config;
@@ -301,10 +426,15 @@ impl<T: Scalar> Optimizer<T> {
             }
         };
         let mut kl_scale = None;
+        let mut skipped_statistics = Vec::new();
+        let finite = |arrays: &[Array2<T>]| arrays.iter().all(|a| a.iter().all(|x| x.is_finite()));
         match &mut self.state {
             State::Sgd { velocity } => {
                 let mut grads = mlp.backward(la, &fwd, g_out.view(), true, &mut NoHook)?;
                 add_l2(&mut grads, mlp);
+                if !finite(&grads) {
+                    return self.refuse("the gradient", value, skipped_statistics);
+                }
                 for ((layer, v), g) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(&grads) {
                     Zip::from(&mut *v).and(g).for_each(|v, &g| *v = mom * *v + g);
                     if cfg.nesterov {
@@ -317,6 +447,9 @@ impl<T: Scalar> Optimizer<T> {
             State::Adam { m, v, t: step } => {
                 let mut grads = mlp.backward(la, &fwd, g_out.view(), true, &mut NoHook)?;
                 add_l2(&mut grads, mlp);
+                if !finite(&grads) {
+                    return self.refuse("the gradient", value, skipped_statistics);
+                }
                 *step += 1;
                 let (b1, b2) = (T::from_f64_lossy(cfg.beta1), T::from_f64_lossy(cfg.beta2));
                 let c1 = T::one() - b1.powi(*step);
@@ -338,6 +471,10 @@ impl<T: Scalar> Optimizer<T> {
                 } else {
                     mlp.backward(la, &fwd, g_out.view(), true, &mut NoHook)?
                 };
+                add_l2(&mut grads, mlp);
+                if !finite(&grads) {
+                    return self.refuse("the gradient", value, skipped_statistics);
+                }
                 if needs_stats {
                     if recorder.grads.is_empty() {
                         let g_stats = match cfg.fisher {
@@ -354,13 +491,15 @@ impl<T: Scalar> Optimizer<T> {
                             g.as_ref().map(|g| LayerBatch::new(fwd.acts[l].slice(s![..n_stats, ..]), g.view()))
                         })
                         .collect::<Vec<_>>();
-                    pre.update(la, Some(&batches))?;
+                    skipped_statistics = pre.update(la, Some(&batches))?.skipped;
                 } else {
-                    pre.update(la, None)?;
+                    skipped_statistics = pre.update(la, None)?.skipped;
                 }
-                add_l2(&mut grads, mlp);
                 let views: Vec<_> = grads.iter().map(|g| g.view()).collect();
                 let mut deltas = pre.precondition(la, &views)?;
+                if !finite(&deltas) {
+                    return self.refuse("the preconditioned direction", value, skipped_statistics);
+                }
                 if let Some(kappa) = cfg.kl_clip {
                     let q: f64 = deltas
                         .iter()
@@ -369,6 +508,9 @@ impl<T: Scalar> Optimizer<T> {
                         .sum::<f64>()
                         * cfg.lr
                         * cfg.lr;
+                    if !q.is_finite() {
+                        return self.refuse("the KL clip's ⟨Δ, ∇⟩", value, skipped_statistics);
+                    }
                     let nu = if q > 0.0 { (kappa / q).sqrt().min(1.0) } else { 1.0 };
                     if nu < 1.0 {
                         let nu_t = T::from_f64_lossy(nu);
@@ -382,6 +524,18 @@ impl<T: Scalar> Optimizer<T> {
                 }
             }
         }
-        Ok(StepReport { loss: value, kl_scale })
+        Ok(StepReport { loss: value, kl_scale, skipped: None, skipped_statistics })
+    }
+
+    /// A step that changes nothing because `what` is not finite: counted and
+    /// reported ([`OnNonFinite::Skip`]) or an error.
+    fn refuse(&mut self, what: &'static str, loss: f64, skipped_statistics: Vec<usize>) -> Result<StepReport> {
+        match self.config.on_non_finite {
+            OnNonFinite::Skip => {
+                self.skipped_steps += 1;
+                Ok(StepReport { loss, kl_scale: None, skipped: Some(what), skipped_statistics })
+            }
+            OnNonFinite::Error => Err(Error::NonFinite { step: 0, what }),
+        }
     }
 }

@@ -33,14 +33,22 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Replaces `path` by a complete file with `bytes`: write to a temporary
-/// file beside it, sync, rename.
+/// file beside it, sync, rename, sync the directory. A crash at any point
+/// leaves either the old file or the new one, never a partial file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        // Make the rename itself durable (a crash after it keeps the new file).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -5,12 +5,13 @@
 //! of the metrics count training only: the clock is paused while the test
 //! loss is evaluated.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::Array2;
 
 use crate::backend::{Backend, Scalar};
+use crate::checkpoint::{self, RunState};
 use crate::data::{self, Batches, Dataset};
 use crate::error::{Error, Result};
 use crate::loss::Loss;
@@ -175,7 +176,7 @@ impl Task {
 }
 
 /// One training step's record.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepRecord {
     /// Step number, from 1.
     pub step: usize,
@@ -186,6 +187,62 @@ pub struct StepRecord {
     /// The KL-clip factor applied to the step (K-FAC and EKFAC with clipping; 1 = not clipped).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub kl_scale: Option<f64>,
+    /// Set when the step changed nothing because this was not finite.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub skipped: Option<String>,
+    /// Layers whose curvature statistics skipped this step's batch (not finite).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub skipped_statistics: Vec<usize>,
+}
+
+/// One layer's health at the end of a run (see `kfac::BlockHealth`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayerHealth {
+    /// The block's name.
+    pub name: String,
+    /// Smallest eigenvalue of the curvature estimate.
+    pub min_eigenvalue: Option<f64>,
+    /// Largest eigenvalue of the curvature estimate.
+    pub max_eigenvalue: Option<f64>,
+    /// Condition number of the damped estimate.
+    pub condition: Option<f64>,
+    /// The damping.
+    pub damping: Option<f64>,
+    /// Cache rebuilds.
+    pub refreshes: usize,
+    /// Negative eigenvalues of the factors clamped to zero.
+    pub clamped_eigenvalues: usize,
+    /// `f32` decompositions redone in `f64`.
+    pub f64_retries: usize,
+    /// Statistics updates skipped (non-finite batch or overflow).
+    pub skipped_updates: usize,
+}
+
+impl From<kfac::BlockHealth> for LayerHealth {
+    fn from(h: kfac::BlockHealth) -> Self {
+        Self {
+            name: h.name,
+            min_eigenvalue: h.min_eigenvalue,
+            max_eigenvalue: h.max_eigenvalue,
+            condition: h.condition.filter(|c| c.is_finite()),
+            damping: h.damping,
+            refreshes: h.refreshes,
+            clamped_eigenvalues: h.clamped_eigenvalues,
+            f64_retries: h.f64_retries,
+            skipped_updates: h.skipped_updates,
+        }
+    }
+}
+
+/// Checkpointing of a run (`kfac train --save/--resume`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Save a checkpoint here every `save_every` steps and after the last.
+    pub save: Option<PathBuf>,
+    /// The period of the saves (`None`: only after the last step).
+    pub save_every: Option<usize>,
+    /// Continue from this checkpoint.
+    pub resume: Option<PathBuf>,
 }
 
 /// A test evaluation.
@@ -218,14 +275,68 @@ pub struct Metrics {
     pub seconds: f64,
     /// Number of parameters.
     pub parameters: usize,
+    /// Steps that changed nothing because a number was not finite.
+    #[serde(default)]
+    pub skipped_steps: usize,
+    /// Each layer's curvature health at the end (K-FAC and EKFAC).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<LayerHealth>,
+    /// The step the run was resumed from, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<usize>,
 }
 
 /// Trains `task` as `config` says; `progress` sees each step.
 pub fn train<T: Scalar>(config: &TrainConfig, task: &Task, progress: &mut dyn FnMut(&StepRecord)) -> Result<Metrics> {
-    if config.batch_size == 0 || config.eval_every == 0 {
+    train_with::<T>(config, task, &RunOptions::default(), progress)
+}
+
+/// The fields of two configurations that differ, ignoring the number of steps.
+fn config_differences(saved: &TrainConfig, asked: &TrainConfig) -> Result<Vec<String>> {
+    let a = serde_json::to_value(TrainConfig { steps: 0, ..saved.clone() })?;
+    let b = serde_json::to_value(TrainConfig { steps: 0, ..asked.clone() })?;
+    let mut out = Vec::new();
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<_> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let null = serde_json::Value::Null;
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&name, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+                }
+            }
+            _ if a != b => out.push(format!("{prefix}: saved {a}, asked {b}")),
+            _ => {}
+        }
+    }
+    walk("", &a, &b, &mut out);
+    Ok(out)
+}
+
+/// Trains `task` as `config` says, with checkpoints as `options` says;
+/// `progress` sees each step.
+///
+/// A run resumed from a checkpoint saved after step $k$ produces the same
+/// losses, bit for bit, as the uninterrupted run (same configuration and
+/// thread count): the checkpoint holds the weights, the optimizer's whole
+/// state, the data order and the generator of the sampled targets.
+///
+/// # Errors
+///
+/// Configuration errors; [`Error::Checkpoint`] for a checkpoint that cannot
+/// be read, is damaged, or belongs to another configuration or network;
+/// [`Error::NonFinite`] with [`OnNonFinite::Error`](crate::optim::OnNonFinite::Error).
+pub fn train_with<T: Scalar>(
+    config: &TrainConfig,
+    task: &Task,
+    options: &RunOptions,
+    progress: &mut dyn FnMut(&StepRecord),
+) -> Result<Metrics> {
+    if config.batch_size == 0 || config.eval_every == 0 || options.save_every == Some(0) {
         return Err(Error::Config {
-            what: "batch_size / eval_every",
-            value: format!("{} / {}", config.batch_size, config.eval_every),
+            what: "batch_size / eval_every / save_every",
+            value: format!("{} / {} / {:?}", config.batch_size, config.eval_every, options.save_every),
             why: "must be positive".into(),
         });
     }
@@ -239,21 +350,93 @@ pub fn train<T: Scalar>(config: &TrainConfig, task: &Task, progress: &mut dyn Fn
     let mut steps = Vec::with_capacity(config.steps);
     let mut test = Vec::new();
     let mut elapsed = 0.0;
-    for step in 1..=config.steps {
+    let mut first = 1;
+    let layers: Vec<(usize, usize)> = mlp.layers.iter().map(|l| (l.d_in(), l.d_out())).collect();
+    if let Some(path) = &options.resume {
+        let bad = |reason: String| Error::Checkpoint { path: path.clone(), reason };
+        let ck = checkpoint::load::<T>(path)?;
+        let diff = config_differences(&ck.run.config, config)?;
+        if !diff.is_empty() {
+            return Err(bad(format!("it was saved by a run with another configuration: {}", diff.join("; "))));
+        }
+        if ck.run.layers != layers {
+            return Err(bad(format!("its network has layers {:?}, this one {:?}", ck.run.layers, layers)));
+        }
+        if ck.run.step > config.steps || ck.run.steps.len() != ck.run.step {
+            return Err(bad(format!(
+                "it was saved after step {} ({} records); this run has {} steps",
+                ck.run.step,
+                ck.run.steps.len(),
+                config.steps
+            )));
+        }
+        let restored = Batches::from_state(ck.run.batches)?;
+        if ck.run.batches.n != task.train.len() || ck.run.batches.batch_size != config.batch_size {
+            return Err(bad("its data order is for another training set or batch size".into()));
+        }
+        opt.restore(&ck.optimizer).map_err(|e| bad(e.to_string()))?;
+        for (layer, w) in mlp.layers.iter_mut().zip(ck.weights) {
+            layer.w = w;
+        }
+        batches = restored;
+        rng = Rng::from_state(ck.run.rng);
+        elapsed = ck.run.seconds;
+        steps = ck.run.steps;
+        // An evaluation the saving run made only because it ended there is
+        // not one this run makes.
+        test = ck.run.test.into_iter().filter(|t| t.step % config.eval_every == 0).collect();
+        first = ck.run.step + 1;
+    }
+    let save = |path: &Path,
+                step: usize,
+                mlp: &Mlp<T>,
+                opt: &Optimizer<T>,
+                batches: &Batches,
+                rng: &Rng,
+                elapsed,
+                steps: &[StepRecord],
+                test: &[TestRecord]| {
+        let state = opt.state();
+        let run = RunState {
+            config: config.clone(),
+            step,
+            seconds: elapsed,
+            batches: batches.state(),
+            rng: rng.state(),
+            steps: steps.to_vec(),
+            test: test.to_vec(),
+            layers: layers.clone(),
+            optimizer: checkpoint::optimizer_record(&state),
+        };
+        checkpoint::save(path, &run, mlp, &state)
+    };
+    for step in first..=config.steps {
         let idx = batches.next_batch();
         let (x, t) = task.batch::<T>(&task.train, &idx);
         let start = Instant::now();
         let report = opt.step(la, &mut mlp, x.view(), t.view(), task.loss, &mut rng).map_err(|e| match e {
-            Error::Diverged { loss, .. } => Error::Diverged { step, loss },
+            Error::NonFinite { what, .. } => Error::NonFinite { step, what },
             e => e,
         })?;
         elapsed += start.elapsed().as_secs_f64();
-        let rec = StepRecord { step, loss: report.loss, seconds: elapsed, kl_scale: report.kl_scale };
+        let rec = StepRecord {
+            step,
+            loss: report.loss,
+            seconds: elapsed,
+            kl_scale: report.kl_scale,
+            skipped: report.skipped.map(str::to_string),
+            skipped_statistics: report.skipped_statistics,
+        };
         progress(&rec);
         steps.push(rec);
         if step % config.eval_every == 0 || step == config.steps {
             let (loss, accuracy) = task.evaluate(la, &mlp, &task.test)?;
             test.push(TestRecord { step, loss, accuracy });
+        }
+        if let Some(path) = &options.save
+            && (options.save_every.is_some_and(|k| step % k == 0) || step == config.steps)
+        {
+            save(path, step, &mlp, &opt, &batches, &rng, elapsed, &steps, &test)?;
         }
     }
     let (final_loss, _) = task.evaluate(la, &mlp, &task.train)?;
@@ -267,5 +450,11 @@ pub fn train<T: Scalar>(config: &TrainConfig, task: &Task, progress: &mut dyn Fn
         final_test_loss,
         seconds: elapsed,
         parameters: mlp.num_params(),
+        skipped_steps: opt.skipped_steps(),
+        health: opt
+            .preconditioner()
+            .map(|p| p.health().into_iter().map(LayerHealth::from).collect())
+            .unwrap_or_default(),
+        resumed_from: options.resume.as_ref().map(|_| first - 1),
     })
 }

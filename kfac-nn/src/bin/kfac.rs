@@ -14,9 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kfac_nn::backend::{Backend, Scalar};
 use kfac_nn::loss::FisherMode;
 use kfac_nn::mlp::Parallelism;
-use kfac_nn::optim::{DampingChoice, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{DampingChoice, OnNonFinite, OptimizerConfig, OptimizerKind};
 use kfac_nn::report;
-use kfac_nn::train::{self, DataSource, Metrics, Task, TaskKind, TrainConfig};
+use kfac_nn::train::{self, DataSource, Metrics, RunOptions, Task, TaskKind, TrainConfig};
 use kfac_nn::{Error, Result};
 
 /// mimalloc keeps freed pages for reuse: the training loop allocates and
@@ -45,6 +45,17 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "out/train")]
         out: PathBuf,
+        /// Save a checkpoint (safetensors) to this file after the last step,
+        /// and every --save-every steps. Writes are atomic.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Save every N steps as well (with --save).
+        #[arg(long, requires = "save")]
+        save_every: Option<usize>,
+        /// Continue from this checkpoint; the other options must be those of
+        /// the run that saved it (--steps may be larger).
+        #[arg(long)]
+        resume: Option<PathBuf>,
     },
     /// Train several optimizers on the same task, seed and batches; write a
     /// table (compare.json) and plots of loss against steps and seconds.
@@ -134,6 +145,10 @@ struct Common {
     /// Evaluate the test loss every N steps.
     #[arg(long, default_value_t = 20)]
     eval_every: usize,
+    /// What a step does when a number is not finite: skip it (change
+    /// nothing, report it) or stop with an error.
+    #[arg(long, value_enum)]
+    on_non_finite: Option<NonFiniteArg>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -157,6 +172,7 @@ value_enum!(FisherArg { True => FisherMode::True, Empirical => FisherMode::Empir
 value_enum!(BackendArg { Faer => Backend::Faer, Nalgebra => Backend::Nalgebra } -> Backend);
 value_enum!(DampingArg { Tikhonov => DampingChoice::Tikhonov, Factored => DampingChoice::Factored } -> DampingChoice);
 value_enum!(ParArg { Products => Parallelism::Products, Shards => Parallelism::Shards } -> Parallelism);
+value_enum!(NonFiniteArg { Skip => OnNonFinite::Skip, Error => OnNonFinite::Error } -> OnNonFinite);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DatasetArg {
@@ -215,6 +231,9 @@ impl Common {
         if let Some(v) = self.l2 {
             o.l2 = v;
         }
+        if let Some(v) = self.on_non_finite {
+            o.on_non_finite = v.into();
+        }
         o.validate()?;
         let task: TaskKind = self.task.into();
         let mut c = TrainConfig::new(task, o);
@@ -262,7 +281,13 @@ macro_rules! say {
     }};
 }
 
-fn run_one<T: Scalar>(config: &TrainConfig, task: &Task, quiet: bool, label: &str) -> Result<Metrics> {
+fn run_one<T: Scalar>(
+    config: &TrainConfig,
+    task: &Task,
+    options: &RunOptions,
+    quiet: bool,
+    label: &str,
+) -> Result<Metrics> {
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(config.steps as u64) };
     bar.set_style(
         ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}")
@@ -270,19 +295,22 @@ fn run_one<T: Scalar>(config: &TrainConfig, task: &Task, quiet: bool, label: &st
             .progress_chars("=> "),
     );
     bar.set_prefix(label.to_string());
-    let metrics = train::train::<T>(config, task, &mut |rec| {
+    let metrics = train::train_with::<T>(config, task, options, &mut |rec| {
         bar.set_position(rec.step as u64);
         bar.set_message(format!("loss {:.4}", rec.loss));
+        if let Some(what) = &rec.skipped {
+            bar.suspend(|| eprintln!("warning: step {} skipped: {what} is not finite", rec.step));
+        }
     });
     bar.finish_and_clear();
     metrics
 }
 
-fn dispatch(config: &TrainConfig, task: &Task, quiet: bool, label: &str) -> Result<Metrics> {
+fn dispatch(config: &TrainConfig, task: &Task, options: &RunOptions, quiet: bool, label: &str) -> Result<Metrics> {
     if config.precision == "f64" {
-        run_one::<f64>(config, task, quiet, label)
+        run_one::<f64>(config, task, options, quiet, label)
     } else {
-        run_one::<f32>(config, task, quiet, label)
+        run_one::<f32>(config, task, options, quiet, label)
     }
 }
 
@@ -318,11 +346,18 @@ fn run(cli: Cli) -> Result<()> {
         why: e.to_string(),
     })?;
     pool.install(|| match cli.command {
-        Command::Train { common, optimizer, out } => {
+        Command::Train { common, optimizer, out, save, save_every, resume } => {
             let config = common.config(optimizer.into())?;
             let task = Task::load(config.task, &config.data, config.seed)?;
             let start = Instant::now();
-            let metrics = dispatch(&config, &task, common.quiet, optimizer.into_kind().name())?;
+            let options = RunOptions { save, save_every, resume };
+            let metrics = dispatch(&config, &task, &options, common.quiet, optimizer.into_kind().name())?;
+            if metrics.skipped_steps > 0 {
+                eprintln!(
+                    "warning: {} steps were skipped (non-finite numbers); see metrics.json",
+                    metrics.skipped_steps
+                );
+            }
             report::write_run(&out, &metrics)?;
             say!("{}", summary(&metrics));
             say!(
@@ -345,7 +380,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut runs = Vec::new();
             for opt in &optimizers {
                 let config = common.config((*opt).into())?;
-                let metrics = dispatch(&config, &task, common.quiet, opt.into_kind().name())?;
+                let metrics = dispatch(&config, &task, &RunOptions::default(), common.quiet, opt.into_kind().name())?;
                 report::write_run(&out.join(opt.into_kind().name()), &metrics)?;
                 say!("{}", summary(&metrics));
                 runs.push(metrics);

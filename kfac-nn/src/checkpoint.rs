@@ -1,0 +1,378 @@
+//! Checkpoints: a training run saved and resumed bit for bit.
+//!
+//! A checkpoint is one [safetensors](https://huggingface.co/docs/safetensors)
+//! file, so other tools can read the weights:
+//!
+//! | tensor | shape | what |
+//! |---|---|---|
+//! | `model.layer{l}.weight` | $d_\text{out} \times d_\text{in}$ | the weights $W$ |
+//! | `model.layer{l}.bias` | $d_\text{out}$ | the bias $b$ |
+//! | `optimizer.{buffer}.{l}` | $d_\text{out} \times (d_\text{in}+1)$ | momentum, or Adam's moments, in the $[W \mid b]$ layout |
+//! | `optimizer.block{l}.{name}` | | the curvature block's statistics and cache ([`kfac::BlockState`]) |
+//!
+//! The header's metadata holds `format` (`kfac-checkpoint`), `version`
+//! ([`VERSION`]), `dtype`, `state` (a JSON record: the run's configuration,
+//! the step, the data order and generator states, the records so far, the
+//! optimizer's counters and each block's kind, shape and scalars) and
+//! `sha256`, the SHA-256 of the whole file with the 64 hex digits of the
+//! checksum itself replaced by `0`. Any changed or missing byte is caught
+//! by the checksum or by the checks that follow it (structure, names,
+//! shapes, finiteness, ranges), and is reported as an
+//! [`Error::Checkpoint`]; nothing is allocated from an unchecked size (the
+//! file is read whole, and every size is checked against its length).
+//!
+//! Saving is atomic ([`write_atomic`](crate::report::write_atomic)): a crash
+//! during a save leaves the previous checkpoint intact.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use kfac::{BlockState, LayerShape, PreconditionerState};
+use ndarray::{Array2, ArrayD, IxDyn};
+use safetensors::{Dtype, SafeTensors, View};
+use sha2::{Digest, Sha256};
+
+use crate::backend::Scalar;
+use crate::data::BatchState;
+use crate::error::{Error, Result};
+use crate::mlp::Mlp;
+use crate::optim::{OptimizerKind, OptimizerState};
+use crate::train::{StepRecord, TestRecord, TrainConfig};
+
+/// The value of the `format` metadata entry.
+pub const FORMAT: &str = "kfac-checkpoint";
+/// The checkpoint format's version. Files of another version are refused.
+pub const VERSION: u32 = 1;
+const SUM_KEY: &str = "\"sha256\":\"";
+
+/// Everything of a run that is not a tensor (the `state` metadata entry).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunState {
+    /// The run's configuration (a resumed run must ask for the same one,
+    /// except for the number of steps).
+    pub config: TrainConfig,
+    /// Steps completed.
+    pub step: usize,
+    /// Training seconds so far.
+    pub seconds: f64,
+    /// The data order.
+    pub batches: BatchState,
+    /// The state of the generator of the sampled targets.
+    pub rng: u64,
+    /// The records of the steps so far.
+    pub steps: Vec<StepRecord>,
+    /// The test evaluations so far.
+    pub test: Vec<TestRecord>,
+    /// The layer shapes `(d_in, d_out)`.
+    pub layers: Vec<(usize, usize)>,
+    /// The optimizer's kind and counters, and the blocks' non-tensor state.
+    pub optimizer: OptimizerRecord,
+}
+
+/// The non-tensor part of an [`OptimizerState`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OptimizerRecord {
+    /// Which optimizer.
+    pub kind: OptimizerKind,
+    /// The names of its per-layer buffers.
+    pub buffers: Vec<String>,
+    /// Adam's step counter.
+    pub adam_step: i32,
+    /// Steps skipped for non-finite numbers.
+    pub skipped_steps: usize,
+    /// The preconditioner's step and skip counters, and its blocks.
+    pub preconditioner: Option<PreconditionerRecord>,
+}
+
+/// The non-tensor part of a [`PreconditionerState`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PreconditionerRecord {
+    /// Completed updates.
+    pub step: usize,
+    /// Skipped statistics updates per layer.
+    pub skipped: Vec<usize>,
+    /// Each block's kind, shape, scalars and tensor names.
+    pub blocks: Vec<BlockRecord>,
+}
+
+/// The non-tensor part of a [`BlockState`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BlockRecord {
+    /// The block's kind.
+    pub kind: String,
+    /// `(d_in, d_out, bias)`.
+    pub shape: (usize, usize, bool),
+    /// Named numbers.
+    pub scalars: BTreeMap<String, f64>,
+    /// The names of its tensors (stored as `optimizer.block{l}.{name}`).
+    pub tensors: Vec<String>,
+}
+
+/// A run's complete state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint<T> {
+    /// Everything that is not a tensor.
+    pub run: RunState,
+    /// The layers' $\bar W = [W \mid b]$.
+    pub weights: Vec<Array2<T>>,
+    /// The optimizer.
+    pub optimizer: OptimizerState<T>,
+}
+
+struct Tensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &Tensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn dtype<T: Scalar>() -> Dtype {
+    if std::mem::size_of::<T>() == 4 { Dtype::F32 } else { Dtype::F64 }
+}
+
+fn tensor<T: Scalar>(a: impl IntoIterator<Item = T>, shape: Vec<usize>) -> Tensor {
+    let mut bytes = Vec::new();
+    for x in a {
+        let v = x.to_f64_exact();
+        if std::mem::size_of::<T>() == 4 {
+            bytes.extend_from_slice(&(v as f32).to_le_bytes());
+        } else {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Tensor { dtype: dtype::<T>(), shape, bytes }
+}
+
+/// The bytes of a checkpoint of `mlp` and `optimizer` with the run state `run`.
+pub fn encode<T: Scalar>(run: &RunState, mlp: &Mlp<T>, optimizer: &OptimizerState<T>) -> Result<Vec<u8>> {
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (l, layer) in mlp.layers.iter().enumerate() {
+        let d_in = layer.d_in();
+        let w = layer.w.slice(ndarray::s![.., ..d_in]);
+        tensors.push((format!("model.layer{l}.weight"), tensor(w.iter().copied(), vec![layer.d_out(), d_in])));
+        tensors
+            .push((format!("model.layer{l}.bias"), tensor(layer.w.column(d_in).iter().copied(), vec![layer.d_out()])));
+    }
+    for (name, arrays) in &optimizer.buffers {
+        for (l, a) in arrays.iter().enumerate() {
+            tensors.push((format!("optimizer.{name}.{l}"), tensor(a.iter().copied(), a.shape().to_vec())));
+        }
+    }
+    if let Some(p) = &optimizer.preconditioner {
+        for (l, b) in p.blocks.iter().enumerate() {
+            for (name, t) in &b.tensors {
+                tensors.push((format!("optimizer.block{l}.{name}"), tensor(t.iter().copied(), t.shape().to_vec())));
+            }
+        }
+    }
+    let json = serde_json::to_string(run)?;
+    let meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("version".to_string(), VERSION.to_string()),
+        ("dtype".to_string(), if dtype::<T>() == Dtype::F32 { "f32" } else { "f64" }.to_string()),
+        ("state".to_string(), json),
+        ("sha256".to_string(), "0".repeat(64)),
+    ]);
+    let mut bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.clone(), t)), Some(meta))
+        .map_err(|e| Error::Checkpoint { path: PathBuf::new(), reason: e.to_string() })?;
+    let at = checksum_position(&bytes).ok_or_else(|| Error::Checkpoint {
+        path: PathBuf::new(),
+        reason: "the checksum entry is not in the header (internal error)".into(),
+    })?;
+    let sum = hex(&Sha256::digest(&bytes));
+    bytes[at..at + 64].copy_from_slice(sum.as_bytes());
+    Ok(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where the 64 hex digits of the checksum start: after the one occurrence
+/// of `"sha256":"` in the header.
+fn checksum_position(bytes: &[u8]) -> Option<usize> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = usize::try_from(n).ok()?.checked_add(8)?;
+    let header = bytes.get(8..end)?;
+    let key = SUM_KEY.as_bytes();
+    let mut hits = header.windows(key.len()).enumerate().filter(|(_, w)| *w == key).map(|(i, _)| i);
+    let first = hits.next()?;
+    if hits.next().is_some() {
+        return None;
+    }
+    let at = 8 + first + key.len();
+    (at + 64 <= end).then_some(at)
+}
+
+/// Decodes and checks a checkpoint (see the [module docs](self)); `path`
+/// names it in errors.
+pub fn decode<T: Scalar>(bytes: &[u8], path: &Path) -> Result<Checkpoint<T>> {
+    let bad = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    let at = checksum_position(bytes).ok_or_else(|| {
+        bad("not a kfac checkpoint (no readable header with a checksum); the file may be truncated or damaged".into())
+    })?;
+    let stored =
+        std::str::from_utf8(&bytes[at..at + 64]).map_err(|_| bad("the checksum is damaged".into()))?.to_string();
+    let mut zeroed = bytes.to_vec();
+    zeroed[at..at + 64].fill(b'0');
+    if hex(&Sha256::digest(&zeroed)) != stored {
+        return Err(bad("checksum mismatch: the file is damaged or truncated".into()));
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("the header has no `{k}` entry")));
+    if get("format")? != FORMAT {
+        return Err(bad(format!("format `{}`, expected `{FORMAT}`", get("format")?)));
+    }
+    if get("version")? != &VERSION.to_string() {
+        return Err(bad(format!("format version {}, this program reads version {VERSION}", get("version")?)));
+    }
+    let want = if dtype::<T>() == Dtype::F32 { "f32" } else { "f64" };
+    if get("dtype")? != want {
+        return Err(bad(format!(
+            "saved in {}, this run is in {want} (use --precision {})",
+            get("dtype")?,
+            get("dtype")?
+        )));
+    }
+    let run: RunState =
+        serde_json::from_str(get("state")?).map_err(|e| bad(format!("the run state is damaged: {e}")))?;
+    let mut used = 0usize;
+    let mut read = |name: &str, shape: &[usize]| -> Result<ArrayD<T>> {
+        let t = st.tensor(name).map_err(|_| bad(format!("tensor `{name}` is missing")))?;
+        if t.dtype() != dtype::<T>() {
+            return Err(bad(format!("tensor `{name}` is {:?}, expected {want}", t.dtype())));
+        }
+        if t.shape() != shape {
+            return Err(bad(format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape())));
+        }
+        let width = std::mem::size_of::<T>();
+        let values: Vec<T> = t
+            .data()
+            .chunks_exact(width)
+            .map(|c| {
+                if width == 4 {
+                    T::from_f64_lossy(f64::from(f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))))
+                } else {
+                    T::from_f64_lossy(f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                }
+            })
+            .collect();
+        if !values.iter().all(|x| x.is_finite()) {
+            return Err(bad(format!("tensor `{name}` holds a non-finite value")));
+        }
+        used += 1;
+        ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|e| bad(format!("tensor `{name}`: {e}")))
+    };
+    let mut weights = Vec::with_capacity(run.layers.len());
+    for (l, &(d_in, d_out)) in run.layers.iter().enumerate() {
+        let w = read(&format!("model.layer{l}.weight"), &[d_out, d_in])?;
+        let b = read(&format!("model.layer{l}.bias"), &[d_out])?;
+        let mut full = Array2::zeros((d_out, d_in + 1));
+        full.slice_mut(ndarray::s![.., ..d_in])
+            .assign(&w.into_dimensionality::<ndarray::Ix2>().map_err(|e| bad(e.to_string()))?);
+        full.column_mut(d_in).assign(&b.into_dimensionality::<ndarray::Ix1>().map_err(|e| bad(e.to_string()))?);
+        weights.push(full);
+    }
+    let rec = &run.optimizer;
+    let mut buffers = Vec::new();
+    for name in &rec.buffers {
+        let mut arrays = Vec::new();
+        for (l, &(d_in, d_out)) in run.layers.iter().enumerate() {
+            let a = read(&format!("optimizer.{name}.{l}"), &[d_out, d_in + 1])?;
+            arrays.push(a.into_dimensionality().map_err(|e| bad(format!("{e}")))?);
+        }
+        buffers.push((name.clone(), arrays));
+    }
+    let preconditioner = match &rec.preconditioner {
+        None => None,
+        Some(p) => {
+            let mut blocks = Vec::new();
+            for (l, b) in p.blocks.iter().enumerate() {
+                let mut tensors = BTreeMap::new();
+                for name in &b.tensors {
+                    let full = format!("optimizer.block{l}.{name}");
+                    let info = st.tensor(&full).map_err(|_| bad(format!("tensor `{full}` is missing")))?;
+                    let shape = info.shape().to_vec();
+                    if shape.len() > 2 {
+                        return Err(bad(format!("tensor `{full}` has {} dimensions", shape.len())));
+                    }
+                    tensors.insert(name.clone(), read(&full, &shape)?);
+                }
+                let (d_in, d_out, bias) = b.shape;
+                blocks.push(BlockState {
+                    kind: b.kind.clone(),
+                    shape: LayerShape { d_in, d_out, bias },
+                    tensors,
+                    scalars: b.scalars.clone(),
+                });
+            }
+            Some(PreconditionerState { step: p.step, skipped: p.skipped.clone(), blocks })
+        }
+    };
+    if used != st.len() {
+        return Err(bad(format!("the file holds {} tensors, {used} of them expected", st.len())));
+    }
+    let optimizer = OptimizerState {
+        kind: rec.kind,
+        buffers,
+        adam_step: rec.adam_step,
+        skipped_steps: rec.skipped_steps,
+        preconditioner,
+    };
+    Ok(Checkpoint { run, weights, optimizer })
+}
+
+/// The non-tensor record of an optimizer state.
+pub fn optimizer_record<T>(state: &OptimizerState<T>) -> OptimizerRecord {
+    OptimizerRecord {
+        kind: state.kind,
+        buffers: state.buffers.iter().map(|(n, _)| n.clone()).collect(),
+        adam_step: state.adam_step,
+        skipped_steps: state.skipped_steps,
+        preconditioner: state.preconditioner.as_ref().map(|p| PreconditionerRecord {
+            step: p.step,
+            skipped: p.skipped.clone(),
+            blocks: p
+                .blocks
+                .iter()
+                .map(|b| BlockRecord {
+                    kind: b.kind.clone(),
+                    shape: (b.shape.d_in, b.shape.d_out, b.shape.bias),
+                    scalars: b.scalars.clone(),
+                    tensors: b.tensors.keys().cloned().collect(),
+                })
+                .collect(),
+        }),
+    }
+}
+
+/// Writes a checkpoint atomically (temporary file, sync, rename).
+pub fn save<T: Scalar>(path: &Path, run: &RunState, mlp: &Mlp<T>, optimizer: &OptimizerState<T>) -> Result<()> {
+    let bytes = encode(run, mlp, optimizer).map_err(|e| match e {
+        Error::Checkpoint { reason, .. } => Error::Checkpoint { path: path.to_path_buf(), reason },
+        e => e,
+    })?;
+    crate::report::write_atomic(path, &bytes)
+}
+
+/// Reads and checks a checkpoint.
+pub fn load<T: Scalar>(path: &Path) -> Result<Checkpoint<T>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode(&bytes, path)
+}
