@@ -1,5 +1,5 @@
-//! Not a criterion benchmark: the optimizer race, the Fisher-fidelity study
-//! and the criterion summary, run through `cargo bench` by `cargo xtask
+//! Not a criterion benchmark: the optimizer race, the Fisher-fidelity study,
+//! the soak and the criterion summary, run through `cargo bench` by `cargo xtask
 //! bench` so that they share the benchmarks' build (one compilation).
 //!
 //! It runs only with `KFAC_BENCH_STUDIES=1` (a plain `cargo bench` skips
@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use kfac_bench::{criterion_summary, fidelity, race};
+use kfac_bench::{criterion_summary, fidelity, race, soak};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -35,6 +35,13 @@ fn run() -> kfac_nn::Result<()> {
     let study = fidelity::study(&fidelity::FidelityConfig::default())?;
     fidelity::write(&out, &study)?;
     println!("{}", std::fs::read_to_string(out.join("fidelity.md")).unwrap_or_default());
+    let soaked = soak::run(&soak::SoakConfig::default(), &out)?;
+    soak::write(&out, &soaked)?;
+    println!("{}", soak::table(&soaked));
+    let failures = soaked.failures();
+    if !failures.is_empty() {
+        return Err(kfac_nn::Error::Config { what: "soak", value: failures.join("; "), why: "the soak failed".into() });
+    }
     let n = criterion_summary::write(&dir("KFAC_CRITERION_DIR", "target/criterion"), &out)?;
     println!("{n} criterion benchmarks summarised; results in {}", out.display());
     Ok(())

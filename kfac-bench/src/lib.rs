@@ -8,9 +8,11 @@
 //!   [`criterion_summary`] gathers their medians into one table.
 //! - [`race`]: the optimizer race on the MNIST autoencoder.
 //! - [`fidelity`]: the exact Fisher blocks against K-FAC and EKFAC.
+//! - [`soak`]: 10,000 EKFAC steps with damping $10^{-8}$, and the health
+//!   report of the numerical safeguards.
 //!
-//! The `kfac-bench` binary runs the last three:
-//! `cargo run --release -p kfac-bench -- race|fidelity|summary`.
+//! The `kfac-bench` binary runs the last four:
+//! `cargo run --release -p kfac-bench -- race|fidelity|soak|summary`.
 
 use kfac_core::{LayerBatch, LayerShape, Real};
 use ndarray::Array2;
@@ -18,6 +20,7 @@ use ndarray::Array2;
 pub mod criterion_summary;
 pub mod fidelity;
 pub mod race;
+pub mod soak;
 
 /// Small statistics helpers.
 pub mod stats {

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         "bench" => bench(args[1..].iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|bench [--quick]|ci>\n  test   fmt, clippy -D warnings, all tests (both backends), docs -D warnings\n  bench  criterion benchmarks, the optimizer race, the fidelity study -> target/kfac-bench/\n  ci     what .ci/run calls (= test)"
+                "usage: cargo xtask <test|bench [--quick]|ci>\n  test   fmt, clippy -D warnings, all tests (both backends), docs -D warnings\n  bench  criterion benchmarks, the optimizer race, the fidelity study, the soak -> target/kfac-bench/\n  ci     what .ci/run calls (= test)"
             );
             return if task == "help" || task == "--help" { ExitCode::SUCCESS } else { ExitCode::from(2) };
         }
@@ -113,7 +113,7 @@ fn bench(quick: bool) -> Result<(), String> {
     }
     std::fs::write(out.join("machine.txt"), machine()).map_err(|e| format!("machine.txt: {e}"))?;
     eprintln!(
-        "xtask bench{}: done in {:.0} s; results in {} (race.json, race_*.png, fidelity.json, fidelity*.png, criterion.json, criterion.md, machine.txt)",
+        "xtask bench{}: done in {:.0} s; results in {} (race.json, race_*.png, fidelity.json, fidelity*.png, soak.json, criterion.json, criterion.md, machine.txt)",
         if quick { " --quick" } else { "" },
         start.elapsed().as_secs_f64(),
         out.display()

@@ -1,11 +1,12 @@
-//! `kfac-bench`: the optimizer race, the Fisher-fidelity study and the
-//! summary of the criterion benchmarks. `cargo xtask bench` runs all three.
+//! `kfac-bench`: the optimizer race, the Fisher-fidelity study, the soak
+//! and the summary of the criterion benchmarks. `cargo xtask bench` runs
+//! them all.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kfac_bench::{criterion_summary, fidelity, race};
+use kfac_bench::{criterion_summary, fidelity, race, soak};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,6 +42,20 @@ enum Command {
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Output directory.
+        #[arg(long, default_value = "target/kfac-bench")]
+        out: PathBuf,
+    },
+    /// 10,000 EKFAC steps with damping 1e-8 on the digits classifier:
+    /// soak.json, soak.md (the health report), soak.safetensors. Fails if a
+    /// loss or a weight is not finite or the classifier did not learn.
+    Soak {
+        /// Steps.
+        #[arg(long, default_value_t = 10_000)]
+        steps: usize,
+        /// Tikhonov damping.
+        #[arg(long, default_value_t = 1e-8)]
+        damping: f64,
         /// Output directory.
         #[arg(long, default_value = "target/kfac-bench")]
         out: PathBuf,
@@ -83,6 +98,21 @@ fn run(cli: Cli) -> kfac_nn::Result<()> {
             print!("{}", fidelity::table(&study));
             println!("EKFAC never worse than K-FAC: {}", study.ekfac_never_worse());
             println!("wrote {} (fidelity.json, fidelity.png, fidelity_empirical.png)", out.display());
+        }
+        Command::Soak { steps, damping, out } => {
+            let config = soak::SoakConfig { steps, damping, ..Default::default() };
+            let result = soak::run(&config, &out)?;
+            soak::write(&out, &result)?;
+            print!("{}", soak::table(&result));
+            let failures = result.failures();
+            if !failures.is_empty() {
+                return Err(kfac_nn::Error::Config {
+                    what: "soak",
+                    value: failures.join("; "),
+                    why: "the soak failed".into(),
+                });
+            }
+            println!("wrote {} (soak.json, soak.md, soak.safetensors)", out.display());
         }
         Command::Summary { criterion, out } => {
             let n = criterion_summary::write(&criterion, &out)?;
