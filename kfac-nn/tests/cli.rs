@@ -183,3 +183,81 @@ fn every_optimizer_trains_in_both_precisions_on_each_backend() {
         }
     }
 }
+
+/// `--save` then `--resume` on the command line continues the run exactly.
+#[test]
+fn save_and_resume_on_the_command_line() {
+    let dir = tempdir("resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = dir.join("ck.safetensors");
+    let train = |steps: &str, out: &str, extra: &[&str]| {
+        let st = kfac()
+            .args(["train", "--task", "classifier", "--batch-size", "64", "--eval-every", "10", "--quiet"])
+            .args(["--steps", steps])
+            .arg("--out")
+            .arg(dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        metrics(&dir.join(out))
+    };
+    let ck_s = ck.to_str().unwrap();
+    let whole = train("30", "whole", &[]);
+    train("15", "first", &["--save", ck_s, "--save-every", "5"]);
+    let resumed = train("30", "resumed", &["--resume", ck_s]);
+    let bits = |m: &serde_json::Value| losses(m).iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&resumed), bits(&whole));
+    assert_eq!(resumed["resumed_from"], 15);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A damaged or foreign checkpoint is a readable error with exit code 1,
+/// never a panic, and the file is left as it was.
+#[test]
+fn bad_checkpoints_are_clear_errors() {
+    let dir = tempdir("bad-ck");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = dir.join("ck.safetensors");
+    let run = |extra: &[&str]| {
+        kfac()
+            .args(["train", "--task", "classifier", "--batch-size", "64", "--steps", "6", "--quiet"])
+            .arg("--out")
+            .arg(dir.join("out"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let ck_s = ck.to_str().unwrap();
+    assert!(run(&["--save", ck_s]).status.success());
+    let good = std::fs::read(&ck).unwrap();
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        ("truncated", good[..good.len() / 2].to_vec(), vec![]),
+        (
+            "flipped",
+            {
+                let mut b = good.clone();
+                let i = b.len() - 10;
+                b[i] ^= 0x40;
+                b
+            },
+            vec![],
+        ),
+        ("empty", vec![], vec![]),
+        ("other optimizer", good.clone(), vec!["--optimizer", "adam"]),
+        ("other precision", good.clone(), vec!["--precision", "f64"]),
+    ];
+    for (what, bytes, extra) in cases {
+        std::fs::write(&ck, &bytes).unwrap();
+        let mut args = vec!["--resume", ck_s];
+        args.extend(extra);
+        let st = run(&args);
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert_eq!(st.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains("checkpoint") && !err.contains("panicked"), "{what}: {err}");
+        assert_eq!(std::fs::read(&ck).unwrap(), bytes, "{what}: the file changed");
+    }
+    let st = run(&["--resume", dir.join("missing").to_str().unwrap()]);
+    assert_eq!(st.status.code(), Some(1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
