@@ -22,7 +22,10 @@ pub enum NonFinitePolicy {
     /// [`UpdateReport`]. The default: a long run survives a bad batch.
     #[default]
     Skip,
-    /// Return [`Error::NonFinite`] before any statistic is changed.
+    /// Return [`Error::NonFinite`]. A non-finite batch is found before any
+    /// statistic changes; an overflow is found when a layer's sums are
+    /// folded in, and that layer is left unchanged (the layers before it
+    /// have taken the step).
     Error,
 }
 

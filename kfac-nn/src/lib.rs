@@ -32,6 +32,7 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod curvature;
 pub mod data;
 pub mod error;
 pub mod loss;

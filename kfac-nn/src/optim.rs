@@ -16,12 +16,26 @@
 //! where $\nabla_l$ includes the $\ell_2$ term and $\nu$ is the KL clip of
 //! kfac-pytorch: with $q = \eta^2 \sum_l \langle \Delta_l, \nabla_l \rangle$ (twice the
 //! predicted change of the KL divergence), $\nu = \min(1, \sqrt{\kappa / q})$.
+//!
+//! # Safeguards
+//! A step checks its loss, its gradient, and (K-FAC, EKFAC) its
+//! preconditioned direction and KL-clip product. If any of them is not
+//! finite, the step writes no weight, momentum or Adam moment (and when the
+//! loss or the gradient is the culprit, no curvature statistic either: a
+//! bad batch never reaches the factors) and, with [`OnNonFinite::Skip`] (the default),
+//! says so in its [`StepReport`]; with [`OnNonFinite::Error`] it returns
+//! [`Error::NonFinite`]. The curvature statistics follow the same policy per
+//! layer (`kfac_core::NonFinitePolicy`). Momentum updates are also refused
+//! when the new weights could overflow (a bound checked before writing);
+//! Adam's step is at most a small multiple of $\eta$ per weight by
+//! construction. So the optimizer never writes a non-finite weight.
 
 use kfac::{
     BlockKind, DampingSchedule, KfacMethod, LayerBatch, LinAlg, NonFinitePolicy, Preconditioner, PreconditionerConfig,
     PreconditionerState, Schedule,
 };
 use ndarray::{Array2, ArrayView2, Zip, s};
+use rayon::prelude::*;
 
 use crate::backend::Scalar;
 use crate::error::{Error, Result};
@@ -66,8 +80,9 @@ impl OptimizerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnNonFinite {
-    /// Change nothing (weights, momentum, statistics of the affected
-    /// layers), count the skip, report it in the step's record, go on.
+    /// Write no weight, momentum or Adam moment (and no curvature statistic
+    /// from a batch whose loss or gradient is not finite), count the skip,
+    /// report it in the step's record, go on.
     #[default]
     Skip,
     /// Stop with [`Error::NonFinite`].
@@ -427,13 +442,16 @@ impl<T: Scalar> Optimizer<T> {
         };
         let mut kl_scale = None;
         let mut skipped_statistics = Vec::new();
-        let finite = |arrays: &[Array2<T>]| arrays.iter().all(|a| a.iter().all(|x| x.is_finite()));
+        let finite = |arrays: &[Array2<T>]| arrays.iter().all(all_finite);
         match &mut self.state {
             State::Sgd { velocity } => {
                 let mut grads = mlp.backward(la, &fwd, g_out.view(), true, &mut NoHook)?;
                 add_l2(&mut grads, mlp);
                 if !finite(&grads) {
                     return self.refuse("the gradient", value, skipped_statistics);
+                }
+                if !Self::update_fits(mlp, velocity, &grads, cfg.lr, cfg.momentum) {
+                    return self.refuse("the updated weight", value, skipped_statistics);
                 }
                 for ((layer, v), g) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(&grads) {
                     Zip::from(&mut *v).and(g).for_each(|v, &g| *v = mom * *v + g);
@@ -518,6 +536,9 @@ impl<T: Scalar> Optimizer<T> {
                     }
                     kl_scale = Some(nu);
                 }
+                if !Self::update_fits(mlp, velocity, &deltas, cfg.lr, cfg.momentum) {
+                    return self.refuse("the updated weight", value, skipped_statistics);
+                }
                 for ((layer, v), d) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(&deltas) {
                     Zip::from(&mut *v).and(d).for_each(|v, &d| *v = mom * *v + d);
                     layer.w.scaled_add(-lr, v);
@@ -525,6 +546,19 @@ impl<T: Scalar> Optimizer<T> {
             }
         }
         Ok(StepReport { loss: value, kl_scale, skipped: None, skipped_statistics })
+    }
+
+    /// Whether $\bar W - \eta(\mu v + d)$ (and Nesterov's look-ahead) stays
+    /// within the floating-point range for every layer, by the bound
+    /// $\max|\bar W| + \eta(1+\mu)(\mu \max|v| + \max|d|)$, checked before
+    /// anything is written.
+    fn update_fits(mlp: &Mlp<T>, velocity: &[Array2<T>], directions: &[Array2<T>], lr: f64, mom: f64) -> bool {
+        let limit = T::max_value().to_f64_exact();
+        mlp.layers
+            .iter()
+            .zip(velocity)
+            .zip(directions)
+            .all(|((layer, v), d)| max_abs(&layer.w) + lr * (1.0 + mom) * (mom * max_abs(v) + max_abs(d)) < limit)
     }
 
     /// A step that changes nothing because `what` is not finite: counted and
@@ -537,5 +571,25 @@ impl<T: Scalar> Optimizer<T> {
             }
             OnNonFinite::Error => Err(Error::NonFinite { step: 0, what }),
         }
+    }
+}
+
+const SCAN_CHUNK: usize = 1 << 16;
+
+/// Whether every entry is finite: a parallel scan over contiguous chunks
+/// (the answer does not depend on the order or the thread count).
+fn all_finite<T: Scalar>(a: &Array2<T>) -> bool {
+    match a.as_slice_memory_order() {
+        Some(s) => s.par_chunks(SCAN_CHUNK).all(|c| c.iter().all(|x| x.is_finite())),
+        None => a.iter().all(|x| x.is_finite()),
+    }
+}
+
+/// The largest $|a_{ij}|$ (the entries are finite), by the same scan.
+fn max_abs<T: Scalar>(a: &Array2<T>) -> f64 {
+    let chunk_max = |c: &[T]| c.iter().fold(0.0f64, |m, &x| m.max(x.to_f64_exact().abs()));
+    match a.as_slice_memory_order() {
+        Some(s) => s.par_chunks(SCAN_CHUNK).map(chunk_max).reduce(|| 0.0, f64::max),
+        None => a.iter().fold(0.0f64, |m, &x| m.max(x.to_f64_exact().abs())),
     }
 }

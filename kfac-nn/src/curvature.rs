@@ -1,0 +1,118 @@
+//! Exact curvature-vector products: the Fisher of the network times a
+//! direction, without forming the Fisher.
+//!
+//! For our losses (softmax and sigmoid cross-entropy, squared error) the
+//! output is the natural parameter of an exponential family, so the Fisher
+//! equals the generalised Gauss–Newton matrix (Martens, 2014, §9.2):
+//! $$ F = \frac1N \sum_n J_n^\top H_n J_n ,\qquad
+//!    J_n = \frac{\partial s_{L,n}}{\partial \theta},\quad
+//!    H_n = \frac{\partial^2 \ell_n}{\partial s_{L,n}^2} .$$
+//! [`fisher_vector_product`] computes $F v$ with one forward-mode pass (the
+//! R-operator of Pearlmutter, 1994: $J_n v$ for every example at once), the
+//! product $H_n (J_n v)$ in the output space, and one ordinary backward pass
+//! ($J_n^\top$). Its cost is about that of a forward and a backward pass.
+//! The products are what Martens & Grosse's step size, momentum and
+//! Levenberg–Marquardt damping are computed from (§6.4, §7).
+
+use kfac::LinAlg;
+use ndarray::{Array2, ArrayView2, Axis, Zip, s};
+
+use crate::backend::Scalar;
+use crate::error::{Error, Result};
+use crate::loss::Loss;
+use crate::mlp::{Forward, Mlp, NoHook};
+
+impl Loss {
+    /// $H_n r_n$ for every example $n$ (a row of `r`), with $H_n$ the Hessian
+    /// of the per-example loss with respect to the outputs `s` (logits):
+    /// softmax, $\operatorname{diag}(p) - p p^\top$; sigmoid (summed over the
+    /// outputs), $\operatorname{diag}(p \odot (1-p))$; squared error, $I$.
+    pub fn hessian_vector<T: Scalar>(self, s: ArrayView2<'_, T>, r: ArrayView2<'_, T>) -> Result<Array2<T>> {
+        if s.dim() != r.dim() {
+            return Err(Error::Shape { what: "output-space direction", expected: s.dim(), found: r.dim() });
+        }
+        Ok(match self {
+            Self::SquaredError => r.to_owned(),
+            Self::SigmoidCrossEntropy => {
+                let p = self.mean(s);
+                let mut out = r.to_owned();
+                Zip::from(&mut out).and(&p).for_each(|o, &p| *o *= p * (T::one() - p));
+                out
+            }
+            Self::SoftmaxCrossEntropy => {
+                let p = self.mean(s);
+                let mut out = Array2::zeros(r.dim());
+                for ((mut o, p), r) in out.axis_iter_mut(Axis(0)).zip(p.axis_iter(Axis(0))).zip(r.axis_iter(Axis(0))) {
+                    let pr = p.dot(&r);
+                    Zip::from(&mut o).and(&p).and(&r).for_each(|o, &p, &r| *o = p * (r - pr));
+                }
+                out
+            }
+        })
+    }
+}
+
+/// $J v$: the directional derivative of every example's output (logits)
+/// along the parameter direction `v` (one $d_\text{out} \times (d_\text{in}+1)$
+/// matrix per layer, the $\bar W$ layout), by forward-mode differentiation
+/// through the pass `fwd` of `mlp`.
+pub fn output_directional_derivative<T: Scalar>(
+    la: &dyn LinAlg<T>,
+    mlp: &Mlp<T>,
+    fwd: &Forward<T>,
+    v: &[ArrayView2<'_, T>],
+) -> Result<Array2<T>> {
+    if v.len() != mlp.layers.len() {
+        return Err(Error::Shape { what: "direction (layers)", expected: (mlp.layers.len(), 1), found: (v.len(), 1) });
+    }
+    let lin = |e: kfac::LinAlgError| Error::Core(kfac::Error::LinAlg { block: "R-op".into(), source: e });
+    let n = fwd.input(0).nrows();
+    // R(a_0) = 0: the input does not depend on the parameters.
+    let mut r_a: Option<Array2<T>> = None;
+    for (l, (layer, vl)) in mlp.layers.iter().zip(v).enumerate() {
+        if vl.dim() != layer.w.dim() {
+            return Err(Error::Shape { what: "direction", expected: layer.w.dim(), found: vl.dim() });
+        }
+        let d_in = layer.d_in();
+        // R(s_l) = a_l V_lᵀ + 1 v_bᵀ + R(a_l) W_lᵀ
+        let mut r_s = Array2::<T>::zeros((n, layer.d_out()));
+        r_s.assign(&vl.column(d_in).insert_axis(Axis(0)));
+        la.gemm(T::one(), fwd.input(l), vl.slice(s![.., ..d_in]).t(), T::one(), r_s.view_mut()).map_err(lin)?;
+        if let Some(ra) = &r_a {
+            la.gemm(T::one(), ra.view(), layer.weight().t(), T::one(), r_s.view_mut()).map_err(lin)?;
+        }
+        // R(a_{l+1}) = φ'(s_l) ⊙ R(s_l), φ' read from the output a_{l+1}.
+        let out = fwd.input(l + 1);
+        Zip::from(&mut r_s).and(&out).for_each(|r, &y| *r *= layer.activation.derivative_from_output(y));
+        r_a = Some(r_s);
+    }
+    r_a.ok_or(Error::Shape { what: "network (layers)", expected: (1, 1), found: (0, 0) })
+}
+
+/// $F v$ on the batch `x`: the exact Fisher (= generalised Gauss–Newton) of
+/// the **mean** loss over the batch, times the direction `v` (one matrix per
+/// layer in the $\bar W$ layout); the result has the same layout. The
+/// curvature of an $\ell_2$ term is not included.
+pub fn fisher_vector_product<T: Scalar>(
+    la: &dyn LinAlg<T>,
+    mlp: &Mlp<T>,
+    x: ArrayView2<'_, T>,
+    loss: Loss,
+    v: &[ArrayView2<'_, T>],
+) -> Result<Vec<Array2<T>>> {
+    let fwd = mlp.forward(la, x, &mut NoHook)?;
+    fisher_vector_product_at(la, mlp, &fwd, loss, v)
+}
+
+/// [`fisher_vector_product`] reusing a forward pass `fwd` of `mlp`.
+pub fn fisher_vector_product_at<T: Scalar>(
+    la: &dyn LinAlg<T>,
+    mlp: &Mlp<T>,
+    fwd: &Forward<T>,
+    loss: Loss,
+    v: &[ArrayView2<'_, T>],
+) -> Result<Vec<Array2<T>>> {
+    let jv = output_directional_derivative(la, mlp, fwd, v)?;
+    let hjv = loss.hessian_vector(fwd.output(), jv.view())?;
+    mlp.backward(la, fwd, hjv.view(), true, &mut NoHook)
+}
