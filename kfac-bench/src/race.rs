@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use kfac_nn::optim::{OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{AdaptiveConfig, OptimizerConfig, OptimizerKind};
 use kfac_nn::report;
 use kfac_nn::train::{self, Metrics, StepRecord, Task, TaskKind, TrainConfig};
 use kfac_nn::{Error, Result};
@@ -42,6 +42,10 @@ pub struct RaceConfig {
     pub window: usize,
     /// Target losses besides SGD's and Adam's final ones.
     pub fixed_targets: Vec<f64>,
+    /// Whether K-FAC and EKFAC also run with the adaptive step size,
+    /// momentum and damping of Martens & Grosse (their defaults, true Fisher).
+    #[serde(default)]
+    pub adaptive: bool,
 }
 
 impl RaceConfig {
@@ -55,12 +59,15 @@ impl RaceConfig {
             refresh_period: 20,
             window: 10,
             fixed_targets: vec![200.0, 150.0, 100.0, 80.0],
+            adaptive: true,
         }
     }
 
-    /// The quick race of `cargo xtask bench --quick`: the same with 100 steps.
+    /// The quick race of `cargo xtask bench --quick`: the same with 100
+    /// steps and without the adaptive variants (which cost 1.6 K-FAC steps
+    /// per step), so that it stays under 10 minutes.
     pub fn quick() -> Self {
-        Self { steps: 100, ..Self::full() }
+        Self { steps: 100, adaptive: false, ..Self::full() }
     }
 }
 
@@ -83,6 +90,10 @@ pub fn contestants(config: &RaceConfig) -> Vec<Contestant> {
         o.refresh_period = config.refresh_period;
         if kind.is_curvature() {
             out.push(Contestant { name: kind.name().into(), optimizer: o.clone() });
+            if config.adaptive {
+                let adaptive = OptimizerConfig { adaptive: Some(AdaptiveConfig::default()), ..o.clone() };
+                out.push(Contestant { name: format!("{}-adaptive", kind.name()), optimizer: adaptive });
+            }
             o.fisher = kfac_nn::loss::FisherMode::Empirical;
             out.push(Contestant { name: format!("{}-empirical", kind.name()), optimizer: o });
         } else {

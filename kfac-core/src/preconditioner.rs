@@ -329,6 +329,31 @@ impl<T: Real> Preconditioner<T> {
         self.blocks.iter().map(|b| b.memory_bytes()).sum()
     }
 
+    /// Replaces the damping schedule; the next [`update`](Self::update)
+    /// passes the new damping to the blocks. For adaptive rules that change
+    /// the damping between steps (see also [`apply_damping`](Self::apply_damping)).
+    pub fn set_damping_schedule(&mut self, damping: DampingSchedule) {
+        self.config.damping = damping;
+    }
+
+    /// Gives every ready block the damping `damping` now (without a
+    /// statistics step): the eigen paths and EKFAC only store it, the
+    /// Cholesky path rebuilds its inverses. The schedule is not changed:
+    /// the next [`update`](Self::update) applies the schedule's damping
+    /// again.
+    ///
+    /// # Errors
+    ///
+    /// A damping the blocks do not support, or a failed rebuild.
+    pub fn apply_damping(&mut self, la: &dyn LinAlg<T>, damping: crate::Damping) -> Result<()> {
+        for block in self.blocks.iter_mut().filter(|b| b.is_ready()) {
+            if block.damping() != Some(damping) {
+                block.set_damping(la, damping)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The health report of every layer: eigenvalue range, condition number,
     /// damping, and what the safeguards did (clamped eigenvalues, `f64`
     /// retries, skipped updates).

@@ -82,6 +82,9 @@ pub struct OptimizerRecord {
     pub skipped_steps: usize,
     /// The preconditioner's step and skip counters, and its blocks.
     pub preconditioner: Option<PreconditionerRecord>,
+    /// The adaptive machinery's $(\lambda, \gamma, \text{steps})$.
+    #[serde(default)]
+    pub adaptive: Option<(f64, f64, usize)>,
 }
 
 /// The non-tensor part of a [`PreconditionerState`].
@@ -334,6 +337,7 @@ pub fn decode<T: Scalar>(bytes: &[u8], path: &Path) -> Result<Checkpoint<T>> {
         adam_step: rec.adam_step,
         skipped_steps: rec.skipped_steps,
         preconditioner,
+        adaptive: rec.adaptive,
     };
     Ok(Checkpoint { run, weights, optimizer })
 }
@@ -345,6 +349,7 @@ pub fn optimizer_record<T>(state: &OptimizerState<T>) -> OptimizerRecord {
         buffers: state.buffers.iter().map(|(n, _)| n.clone()).collect(),
         adam_step: state.adam_step,
         skipped_steps: state.skipped_steps,
+        adaptive: state.adaptive,
         preconditioner: state.preconditioner.as_ref().map(|p| PreconditionerRecord {
             step: p.step,
             skipped: p.skipped.clone(),

@@ -116,3 +116,104 @@ pub fn fisher_vector_product_at<T: Scalar>(
     let hjv = loss.hessian_vector(fwd.output(), jv.view())?;
     mlp.backward(la, fwd, hjv.view(), true, &mut NoHook)
 }
+
+/// The minimiser of the quadratic model over the plane spanned by the
+/// preconditioned direction $\Delta$ and the previous update $\delta_0$
+/// (Martens & Grosse, 2015, §7):
+/// $$ M(\delta) = \tfrac12 \delta^\top (F + (\lambda + \eta) I)\,\delta + \nabla h^\top \delta,
+///    \qquad \delta = \alpha \Delta + \mu \delta_0 .$$
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelStep {
+    /// The coefficient of $\Delta$.
+    pub alpha: f64,
+    /// The coefficient of $\delta_0$ (0 without a previous update).
+    pub mu: f64,
+    /// $M(\delta) - M(0)$ at the minimiser ($\le 0$).
+    pub model_change: f64,
+}
+
+fn views<T>(a: &[Array2<T>]) -> Vec<ArrayView2<'_, T>> {
+    a.iter().map(|x| x.view()).collect()
+}
+
+fn dot<T: Scalar>(a: &[Array2<T>], b: &[impl std::borrow::Borrow<Array2<T>>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y.borrow().iter()).map(|(&p, &q)| p.to_f64_exact() * q.to_f64_exact()).sum::<f64>())
+        .sum()
+}
+
+/// Minimises the quadratic model exactly over $\alpha \Delta + \mu \delta_0$: a
+/// 2 × 2 solve built from $F\Delta$ and $F\delta_0$ ([`fisher_vector_product_at`]
+/// on the pass `fwd`). Without a previous update, or when the two
+/// directions are (numerically) parallel, the 1-D problem in $\alpha$ is
+/// solved instead. `grad` is $\nabla h$ (with the $\ell_2$ term), `lambda`
+/// the model's damping $\lambda$ and `l2` the $\ell_2$ coefficient $\eta$.
+///
+/// # Errors
+///
+/// Shape errors from the products; [`Error::Config`] when the model's
+/// curvature along $\Delta$ is not positive (a zero direction with
+/// $\lambda + \eta = 0$).
+pub fn quadratic_step<T: Scalar>(
+    la: &dyn LinAlg<T>,
+    mlp: &Mlp<T>,
+    fwd: &Forward<T>,
+    loss: Loss,
+    grad: &[Array2<T>],
+    delta: &[Array2<T>],
+    previous: Option<&[Array2<T>]>,
+    lambda: f64,
+    l2: f64,
+) -> Result<ModelStep> {
+    let c = lambda + l2;
+    let f_delta = fisher_vector_product_at(la, mlp, fwd, loss, &views(delta))?;
+    let g11 = dot(delta, &f_delta) + c * dot(delta, delta);
+    let b1 = dot(grad, delta);
+    if !(g11 > 0.0 && g11.is_finite()) {
+        return Err(Error::Config {
+            what: "quadratic model",
+            value: g11.to_string(),
+            why: "the curvature along the direction must be positive".into(),
+        });
+    }
+    let one_d = || {
+        let alpha = -b1 / g11;
+        ModelStep { alpha, mu: 0.0, model_change: 0.5 * alpha * b1 }
+    };
+    let Some(prev) = previous else { return Ok(one_d()) };
+    let f_prev = fisher_vector_product_at(la, mlp, fwd, loss, &views(prev))?;
+    let g22 = dot(prev, &f_prev) + c * dot(prev, prev);
+    let g12 = dot(delta, &f_prev) + c * dot(delta, prev);
+    let b2 = dot(grad, prev);
+    let det = g11 * g22 - g12 * g12;
+    // Parallel directions (or a zero previous update): the plane degenerates.
+    if !(g22 > 0.0 && det > 1e-12 * g11 * g22) {
+        return Ok(one_d());
+    }
+    let alpha = -(g22 * b1 - g12 * b2) / det;
+    let mu = -(g11 * b2 - g12 * b1) / det;
+    Ok(ModelStep { alpha, mu, model_change: 0.5 * (alpha * b1 + mu * b2) })
+}
+
+/// The reduction ratio $\rho = (h(\theta + \delta) - h(\theta)) / (M(\delta) - M(0))$:
+/// how much of the decrease the quadratic model predicted the objective
+/// delivered (1 when the model is exact).
+pub fn reduction_ratio(h_before: f64, h_after: f64, model_change: f64) -> f64 {
+    (h_after - h_before) / model_change
+}
+
+/// The Levenberg–Marquardt rule of Martens & Grosse (§6.5): $\lambda$ is
+/// multiplied by `omega` ($< 1$) when $\rho > 3/4$, divided by it when
+/// $\rho < 1/4$ (or $\rho$ is not a number), and kept within
+/// `[min, max]`.
+pub fn levenberg_marquardt(lambda: f64, rho: f64, omega: f64, min: f64, max: f64) -> f64 {
+    let next = if rho.is_nan() || rho < 0.25 {
+        lambda / omega
+    } else if rho > 0.75 {
+        lambda * omega
+    } else {
+        lambda
+    };
+    next.clamp(min, max)
+}

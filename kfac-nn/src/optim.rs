@@ -31,16 +31,17 @@
 //! construction. So the optimizer never writes a non-finite weight.
 
 use kfac::{
-    BlockKind, DampingSchedule, KfacMethod, LayerBatch, LinAlg, NonFinitePolicy, Preconditioner, PreconditionerConfig,
-    PreconditionerState, Schedule,
+    BlockKind, Damping, DampingSchedule, KfacMethod, LayerBatch, LinAlg, NonFinitePolicy, Preconditioner,
+    PreconditionerConfig, PreconditionerState, Schedule,
 };
 use ndarray::{Array2, ArrayView2, Zip, s};
 use rayon::prelude::*;
 
 use crate::backend::Scalar;
+use crate::curvature::{ModelStep, levenberg_marquardt, quadratic_step, reduction_ratio};
 use crate::error::{Error, Result};
 use crate::loss::{FisherMode, Loss};
-use crate::mlp::{GradRecorder, Mlp, NoHook};
+use crate::mlp::{Forward, GradRecorder, Mlp, NoHook};
 use crate::rng::Rng;
 
 /// Which optimizer.
@@ -150,6 +151,50 @@ pub struct OptimizerConfig {
     /// What a step does with non-finite numbers (default: skip and report).
     #[serde(default)]
     pub on_non_finite: OnNonFinite,
+    /// Martens & Grosse's adaptive step size, momentum and damping (K-FAC
+    /// and EKFAC); `None`: the fixed `lr`, `momentum`, `damping` and KL clip.
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveConfig>,
+}
+
+/// The knobs of the adaptive machinery (Martens & Grosse, 2015, §6–7).
+///
+/// Every step minimises the quadratic model
+/// $M(\delta) = \tfrac12\delta^\top(F + (\lambda+\eta)I)\delta + \nabla h^\top\delta$
+/// over $\delta = \alpha\Delta + \mu\delta_0$ (Δ the preconditioned gradient,
+/// δ₀ the previous update; [`quadratic_step`](crate::curvature::quadratic_step)),
+/// with exact Fisher-vector products on the statistics subset of the batch.
+/// Every `t1` steps the reduction ratio $\rho$ adjusts $\lambda$ by
+/// $\omega_1 = \omega^{t_1}$ ([`levenberg_marquardt`](crate::curvature::levenberg_marquardt)).
+/// The preconditioner's damping is $\gamma^2$ (for factored damping the
+/// factors get $\pi\gamma$ and $\gamma/\pi$), kept separate from $\lambda$; every
+/// `t2` steps $\gamma$ is chosen greedily among $\{\omega_2\gamma, \gamma, \gamma/\omega_2\}$,
+/// $\omega_2 = \sqrt{\omega}^{\,t_2}$, as the one whose step has the lowest $M$.
+/// The learning rate, momentum and KL clip of the configuration are not used.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdaptiveConfig {
+    /// The initial $\lambda$.
+    pub lambda: f64,
+    /// $\omega$, the per-step factor (19/20 in the paper).
+    pub omega: f64,
+    /// Adjust $\lambda$ every `t1` steps (5).
+    pub t1: usize,
+    /// Choose $\gamma$ every `t2` steps (20).
+    pub t2: usize,
+    /// Lower bound of $\lambda$.
+    pub lambda_min: f64,
+    /// Upper bound of $\lambda$.
+    pub lambda_max: f64,
+    /// The initial $\gamma$; `None`: $\sqrt{\lambda + \eta}$, as in the paper.
+    pub gamma: Option<f64>,
+}
+
+impl Default for AdaptiveConfig {
+    /// The paper's choices: $\lambda_0 = 150$, $\omega = 19/20$, $T_1 = 5$,
+    /// $T_2 = 20$, $\gamma_0 = \sqrt{\lambda_0 + \eta}$; $\lambda \in [10^{-8}, 10^{8}]$.
+    fn default() -> Self {
+        Self { lambda: 150.0, omega: 19.0 / 20.0, t1: 5, t2: 20, lambda_min: 1e-8, lambda_max: 1e8, gamma: None }
+    }
 }
 
 impl OptimizerConfig {
@@ -179,6 +224,7 @@ impl OptimizerConfig {
             fisher: FisherMode::True,
             stats_fraction: 0.25,
             on_non_finite: OnNonFinite::Skip,
+            adaptive: None,
         };
         match kind {
             OptimizerKind::Sgd => Self { lr: 3e-3, ..base },
@@ -229,6 +275,30 @@ impl OptimizerConfig {
         if let Some(k) = self.kl_clip.filter(|k| !(k.is_finite() && *k > 0.0)) {
             return bad("kl_clip", k, "must be positive");
         }
+        if let Some(a) = &self.adaptive {
+            if !self.kind.is_curvature() {
+                return Err(Error::Config {
+                    what: "adaptive",
+                    value: self.kind.name().into(),
+                    why: "the adaptive step needs K-FAC or EKFAC".into(),
+                });
+            }
+            if !(a.lambda.is_finite() && a.lambda >= 0.0) {
+                return bad("adaptive.lambda", a.lambda, "must be non-negative");
+            }
+            if !(a.omega > 0.0 && a.omega < 1.0) {
+                return bad("adaptive.omega", a.omega, "must lie in (0, 1)");
+            }
+            if a.t1 == 0 || a.t2 == 0 {
+                return bad("adaptive.t1/t2", 0.0, "must be at least 1");
+            }
+            if !(0.0 <= a.lambda_min && a.lambda_min <= a.lambda_max && a.lambda_max.is_finite()) {
+                return bad("adaptive.lambda_min", a.lambda_min, "needs 0 <= lambda_min <= lambda_max < inf");
+            }
+            if let Some(g) = a.gamma.filter(|g| !(g.is_finite() && *g > 0.0)) {
+                return bad("adaptive.gamma", g, "must be positive");
+            }
+        }
         for (what, p) in [
             ("stats_period", self.stats_period),
             ("refresh_period", self.refresh_period),
@@ -255,6 +325,32 @@ pub struct StepReport {
     /// Layers whose curvature statistics were not updated at this step
     /// (their batch was not finite).
     pub skipped_statistics: Vec<usize>,
+    /// The adaptive machinery's numbers (with [`OptimizerConfig::adaptive`]).
+    pub adaptive: Option<AdaptiveRecord>,
+}
+
+/// What the adaptive machinery chose at a step.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdaptiveRecord {
+    /// $\lambda$ of the quadratic model used at this step.
+    pub lambda: f64,
+    /// $\gamma$, the preconditioner's damping is $\gamma^2$.
+    pub gamma: f64,
+    /// The coefficient of the preconditioned gradient.
+    pub alpha: f64,
+    /// The coefficient of the previous update.
+    pub mu: f64,
+    /// $M(\delta) - M(0)$.
+    pub model_change: f64,
+    /// The reduction ratio, on the steps where it is measured.
+    pub rho: Option<f64>,
+}
+
+fn damping_schedule(kind: DampingChoice, lambda: f64) -> DampingSchedule {
+    match kind {
+        DampingChoice::Tikhonov => DampingSchedule::tikhonov(lambda),
+        DampingChoice::Factored => DampingSchedule::factored(lambda),
+    }
 }
 
 /// The state of an [`Optimizer`] (checkpoints): momentum or Adam's moments,
@@ -271,13 +367,23 @@ pub struct OptimizerState<T> {
     pub skipped_steps: usize,
     /// The curvature state (K-FAC, EKFAC).
     pub preconditioner: Option<PreconditionerState<T>>,
+    /// The adaptive machinery's $(\lambda, \gamma, \text{steps})$.
+    pub adaptive: Option<(f64, f64, usize)>,
+}
+
+/// The adaptive machinery's state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Adaptive {
+    lambda: f64,
+    gamma: f64,
+    steps: usize,
 }
 
 #[derive(Debug)]
 enum State<T: Scalar> {
     Sgd { velocity: Vec<Array2<T>> },
     Adam { m: Vec<Array2<T>>, v: Vec<Array2<T>>, t: i32 },
-    Kfac { pre: Box<Preconditioner<T>>, velocity: Vec<Array2<T>> },
+    Kfac { pre: Box<Preconditioner<T>>, velocity: Vec<Array2<T>>, adaptive: Option<Adaptive> },
 }
 
 /// An optimizer with its state.
@@ -306,19 +412,24 @@ impl<T: Scalar> Optimizer<T> {
                     (OptimizerKind::Kfac, DampingChoice::Tikhonov) => BlockKind::Kfac(KfacMethod::Eigen),
                     _ => BlockKind::Ekfac,
                 };
+                let adaptive = config.adaptive.as_ref().map(|a| Adaptive {
+                    lambda: a.lambda,
+                    gamma: a.gamma.unwrap_or_else(|| (a.lambda + config.l2).sqrt()),
+                    steps: 0,
+                });
                 let pc = PreconditionerConfig {
                     block,
-                    damping: match config.damping_kind {
-                        DampingChoice::Tikhonov => DampingSchedule::tikhonov(config.damping),
-                        DampingChoice::Factored => DampingSchedule::factored(config.damping),
-                    },
+                    damping: damping_schedule(
+                        config.damping_kind,
+                        adaptive.map_or(config.damping, |a| a.gamma * a.gamma),
+                    ),
                     decay: Schedule::Constant(config.decay),
                     stats_period: config.stats_period,
                     refresh_period: config.refresh_period,
                     scalings_period: config.scalings_period,
                     on_non_finite: config.on_non_finite.into(),
                 };
-                State::Kfac { pre: Box::new(Preconditioner::new(pc, &mlp.shapes())?), velocity: zeros() }
+                State::Kfac { pre: Box::new(Preconditioner::new(pc, &mlp.shapes())?), velocity: zeros(), adaptive }
             }
         };
         Ok(Self { config, state, skipped_steps: 0 })
@@ -334,9 +445,22 @@ impl<T: Scalar> Optimizer<T> {
         let (buffers, adam_step, preconditioner) = match &self.state {
             State::Sgd { velocity } => (vec![("velocity".to_string(), velocity.clone())], 0, None),
             State::Adam { m, v, t } => (vec![("m".to_string(), m.clone()), ("v".to_string(), v.clone())], *t, None),
-            State::Kfac { pre, velocity } => (vec![("velocity".to_string(), velocity.clone())], 0, Some(pre.state())),
+            State::Kfac { pre, velocity, .. } => {
+                (vec![("velocity".to_string(), velocity.clone())], 0, Some(pre.state()))
+            }
         };
-        OptimizerState { kind: self.config.kind, buffers, adam_step, skipped_steps: self.skipped_steps, preconditioner }
+        let adaptive = match &self.state {
+            State::Kfac { adaptive: Some(a), .. } => Some((a.lambda, a.gamma, a.steps)),
+            _ => None,
+        };
+        OptimizerState {
+            kind: self.config.kind,
+            buffers,
+            adam_step,
+            skipped_steps: self.skipped_steps,
+            preconditioner,
+            adaptive,
+        }
     }
 
     /// Continues from a saved state, which must come from an optimizer of
@@ -380,6 +504,14 @@ impl<T: Scalar> Optimizer<T> {
         if state.adam_step < 0 {
             return Err(bad(format!("Adam's step counter is {}", state.adam_step)));
         }
+        if current.adaptive.is_some() != state.adaptive.is_some() {
+            return Err(bad("the adaptive state does not match the configuration's `adaptive`".into()));
+        }
+        if let Some((lambda, gamma, _)) = state.adaptive
+            && !(lambda.is_finite() && lambda >= 0.0 && gamma.is_finite() && gamma > 0.0)
+        {
+            return Err(bad(format!("adaptive lambda = {lambda}, gamma = {gamma}")));
+        }
         let take = |i: usize| state.buffers[i].1.clone();
         match (&mut self.state, &state.preconditioner) {
             (State::Sgd { velocity }, None) => *velocity = take(0),
@@ -388,9 +520,13 @@ impl<T: Scalar> Optimizer<T> {
                 *v = take(1);
                 *t = state.adam_step;
             }
-            (State::Kfac { pre, velocity }, Some(ps)) => {
+            (State::Kfac { pre, velocity, adaptive }, Some(ps)) => {
                 pre.restore(ps)?;
                 *velocity = take(0);
+                if let (Some(a), Some((lambda, gamma, steps))) = (adaptive.as_mut(), state.adaptive) {
+                    *a = Adaptive { lambda, gamma, steps };
+                    pre.set_damping_schedule(damping_schedule(self.config.damping_kind, gamma * gamma));
+                }
             }
             _ => return Err(bad("a curvature state for an optimizer without one, or none for one with".into())),
         }
@@ -442,6 +578,7 @@ impl<T: Scalar> Optimizer<T> {
         };
         let mut kl_scale = None;
         let mut skipped_statistics = Vec::new();
+        let mut adaptive_record = None;
         let finite = |arrays: &[Array2<T>]| arrays.iter().all(all_finite);
         match &mut self.state {
             State::Sgd { velocity } => {
@@ -481,7 +618,7 @@ impl<T: Scalar> Optimizer<T> {
                     });
                 }
             }
-            State::Kfac { pre, velocity } => {
+            State::Kfac { pre, velocity, adaptive } => {
                 let needs_stats = pre.needs_statistics();
                 let mut recorder = GradRecorder::default();
                 let mut grads = if needs_stats && cfg.fisher == FisherMode::Empirical && n_stats == x.nrows() {
@@ -514,38 +651,146 @@ impl<T: Scalar> Optimizer<T> {
                     skipped_statistics = pre.update(la, None)?.skipped;
                 }
                 let views: Vec<_> = grads.iter().map(|g| g.view()).collect();
-                let mut deltas = pre.precondition(la, &views)?;
-                if !finite(&deltas) {
-                    return self.refuse("the preconditioned direction", value, skipped_statistics);
-                }
-                if let Some(kappa) = cfg.kl_clip {
-                    let q: f64 = deltas
+                if let (Some(ad), Some(acfg)) = (adaptive.as_mut(), cfg.adaptive.as_ref()) {
+                    // The curvature products use the statistics subset of the batch.
+                    let sub =
+                        Forward { acts: fwd.acts.iter().map(|a| a.slice(s![..n_stats, ..]).to_owned()).collect() };
+                    let negated = |d: Vec<Array2<T>>| -> Vec<Array2<T>> {
+                        d.into_iter()
+                            .map(|mut a| {
+                                a.mapv_inplace(|x| -x);
+                                a
+                            })
+                            .collect()
+                    };
+                    let prev = (ad.steps > 0).then_some(&velocity[..]);
+                    let kind = cfg.damping_kind;
+                    let damping_of = |g: f64| match kind {
+                        DampingChoice::Tikhonov => Damping::tikhonov(g * g),
+                        DampingChoice::Factored => Damping::factored(g * g),
+                    };
+                    let candidates = if ad.steps > 0 && ad.steps.is_multiple_of(acfg.t2) {
+                        let w2 = acfg.omega.sqrt().powi(acfg.t2 as i32);
+                        vec![ad.gamma * w2, ad.gamma, ad.gamma / w2]
+                    } else {
+                        vec![ad.gamma]
+                    };
+                    let mut best: Option<(f64, Vec<Array2<T>>, ModelStep)> = None;
+                    for &g in &candidates {
+                        if candidates.len() > 1 {
+                            pre.apply_damping(la, damping_of(g))?;
+                        }
+                        let d = negated(pre.precondition(la, &views)?);
+                        if !finite(&d) {
+                            continue;
+                        }
+                        let Ok(m) = quadratic_step(la, mlp, &sub, loss, &grads, &d, prev, ad.lambda, cfg.l2) else {
+                            continue;
+                        };
+                        if m.alpha.is_finite()
+                            && m.mu.is_finite()
+                            && best.as_ref().is_none_or(|b| m.model_change < b.2.model_change)
+                        {
+                            best = Some((g, d, m));
+                        }
+                    }
+                    let Some((gamma, delta, m)) = best else {
+                        return self.refuse("the quadratic model's step", value, skipped_statistics);
+                    };
+                    if candidates.len() > 1 {
+                        pre.set_damping_schedule(damping_schedule(kind, gamma * gamma));
+                        pre.apply_damping(la, damping_of(gamma))?;
+                    }
+                    let (a_t, m_t) = (T::from_f64_lossy(m.alpha), T::from_f64_lossy(m.mu));
+                    let step: Vec<Array2<T>> = delta
                         .iter()
-                        .zip(&grads)
-                        .map(|(d, g)| d.iter().zip(g).map(|(&a, &b)| a.to_f64_exact() * b.to_f64_exact()).sum::<f64>())
-                        .sum::<f64>()
-                        * cfg.lr
-                        * cfg.lr;
-                    if !q.is_finite() {
-                        return self.refuse("the KL clip's ⟨Δ, ∇⟩", value, skipped_statistics);
+                        .zip(velocity.iter())
+                        .map(|(d, v)| {
+                            let mut n = d.mapv(|x| x * a_t);
+                            if prev.is_some() {
+                                n.scaled_add(m_t, v);
+                            }
+                            n
+                        })
+                        .collect();
+                    if !finite(&step) || !Self::update_fits(mlp, velocity, &step, 1.0, 0.0) {
+                        return self.refuse("the updated weight", value, skipped_statistics);
                     }
-                    let nu = if q > 0.0 { (kappa / q).sqrt().min(1.0) } else { 1.0 };
-                    if nu < 1.0 {
-                        let nu_t = T::from_f64_lossy(nu);
-                        deltas.iter_mut().for_each(|d| d.mapv_inplace(|x| x * nu_t));
+                    let half_l2_norm = |mlp: &Mlp<T>| {
+                        0.5 * cfg.l2
+                            * mlp
+                                .layers
+                                .iter()
+                                .map(|l| l.w.iter().map(|x| x.to_f64_exact().powi(2)).sum::<f64>())
+                                .sum::<f64>()
+                    };
+                    let rho_due = (ad.steps + 1).is_multiple_of(acfg.t1);
+                    let h_before = value + half_l2_norm(mlp);
+                    for ((layer, v), d) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(step) {
+                        layer.w += &d;
+                        *v = d;
                     }
-                    kl_scale = Some(nu);
-                }
-                if !Self::update_fits(mlp, velocity, &deltas, cfg.lr, cfg.momentum) {
-                    return self.refuse("the updated weight", value, skipped_statistics);
-                }
-                for ((layer, v), d) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(&deltas) {
-                    Zip::from(&mut *v).and(d).for_each(|v, &d| *v = mom * *v + d);
-                    layer.w.scaled_add(-lr, v);
+                    let lambda_used = ad.lambda;
+                    let mut rho = None;
+                    if rho_due {
+                        let after = mlp.forward(la, x, &mut NoHook)?;
+                        let h_after = loss.value(after.output(), t)? + half_l2_norm(mlp);
+                        let r = reduction_ratio(h_before, h_after, m.model_change);
+                        ad.lambda = levenberg_marquardt(
+                            ad.lambda,
+                            r,
+                            acfg.omega.powi(acfg.t1 as i32),
+                            acfg.lambda_min,
+                            acfg.lambda_max,
+                        );
+                        rho = Some(r);
+                    }
+                    ad.gamma = gamma;
+                    ad.steps += 1;
+                    adaptive_record = Some(AdaptiveRecord {
+                        lambda: lambda_used,
+                        gamma,
+                        alpha: m.alpha,
+                        mu: m.mu,
+                        model_change: m.model_change,
+                        rho,
+                    });
+                } else {
+                    let mut deltas = pre.precondition(la, &views)?;
+                    if !finite(&deltas) {
+                        return self.refuse("the preconditioned direction", value, skipped_statistics);
+                    }
+                    if let Some(kappa) = cfg.kl_clip {
+                        let q: f64 = deltas
+                            .iter()
+                            .zip(&grads)
+                            .map(|(d, g)| {
+                                d.iter().zip(g).map(|(&a, &b)| a.to_f64_exact() * b.to_f64_exact()).sum::<f64>()
+                            })
+                            .sum::<f64>()
+                            * cfg.lr
+                            * cfg.lr;
+                        if !q.is_finite() {
+                            return self.refuse("the KL clip's ⟨Δ, ∇⟩", value, skipped_statistics);
+                        }
+                        let nu = if q > 0.0 { (kappa / q).sqrt().min(1.0) } else { 1.0 };
+                        if nu < 1.0 {
+                            let nu_t = T::from_f64_lossy(nu);
+                            deltas.iter_mut().for_each(|d| d.mapv_inplace(|x| x * nu_t));
+                        }
+                        kl_scale = Some(nu);
+                    }
+                    if !Self::update_fits(mlp, velocity, &deltas, cfg.lr, cfg.momentum) {
+                        return self.refuse("the updated weight", value, skipped_statistics);
+                    }
+                    for ((layer, v), d) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(&deltas) {
+                        Zip::from(&mut *v).and(d).for_each(|v, &d| *v = mom * *v + d);
+                        layer.w.scaled_add(-lr, v);
+                    }
                 }
             }
         }
-        Ok(StepReport { loss: value, kl_scale, skipped: None, skipped_statistics })
+        Ok(StepReport { loss: value, kl_scale, skipped: None, skipped_statistics, adaptive: adaptive_record })
     }
 
     /// Whether $\bar W - \eta(\mu v + d)$ (and Nesterov's look-ahead) stays
@@ -567,7 +812,7 @@ impl<T: Scalar> Optimizer<T> {
         match self.config.on_non_finite {
             OnNonFinite::Skip => {
                 self.skipped_steps += 1;
-                Ok(StepReport { loss, kl_scale: None, skipped: Some(what), skipped_statistics })
+                Ok(StepReport { loss, kl_scale: None, skipped: Some(what), skipped_statistics, adaptive: None })
             }
             OnNonFinite::Error => Err(Error::NonFinite { step: 0, what }),
         }

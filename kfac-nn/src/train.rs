@@ -193,6 +193,9 @@ pub struct StepRecord {
     /// Layers whose curvature statistics skipped this step's batch (not finite).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub skipped_statistics: Vec<usize>,
+    /// λ, γ, α, μ, M(δ) and ρ of the adaptive machinery.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub adaptive: Option<crate::optim::AdaptiveRecord>,
 }
 
 /// One layer's health at the end of a run (see `kfac::BlockHealth`).
@@ -383,8 +386,8 @@ pub fn train_with<T: Scalar>(
         elapsed = ck.run.seconds;
         steps = ck.run.steps;
         // An evaluation the saving run made only because it ended there is
-        // not one this run makes.
-        test = ck.run.test.into_iter().filter(|t| t.step % config.eval_every == 0).collect();
+        // not one this run makes, unless this run ends there too.
+        test = ck.run.test.into_iter().filter(|t| t.step % config.eval_every == 0 || t.step == config.steps).collect();
         first = ck.run.step + 1;
     }
     let save = |path: &Path,
@@ -426,6 +429,7 @@ pub fn train_with<T: Scalar>(
             kl_scale: report.kl_scale,
             skipped: report.skipped.map(str::to_string),
             skipped_statistics: report.skipped_statistics,
+            adaptive: report.adaptive,
         };
         progress(&rec);
         steps.push(rec);

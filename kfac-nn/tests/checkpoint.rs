@@ -65,6 +65,24 @@ fn resume_is_bit_for_bit_f32() {
     resume_matches::<f32>(OptimizerKind::Kfac, true);
 }
 
+/// The adaptive machinery (λ, γ, the previous update) is saved too.
+#[test]
+fn adaptive_runs_resume_bit_for_bit() {
+    for kind in [OptimizerKind::Kfac, OptimizerKind::Ekfac] {
+        let (mut config, task) = classifier(kind, 60);
+        config.optimizer.adaptive = Some(kfac_nn::optim::AdaptiveConfig { lambda: 1.0, t2: 10, ..Default::default() });
+        let dir = tempdir(&format!("adaptive-{}", kind.name()));
+        let whole = run::<f32>(&config, &task, &RunOptions::default()).unwrap();
+        let path = dir.join("ck.safetensors");
+        let half = TrainConfig { steps: 25, ..config.clone() };
+        run::<f32>(&half, &task, &RunOptions { save: Some(path.clone()), ..Default::default() }).unwrap();
+        let resumed = run::<f32>(&config, &task, &RunOptions { resume: Some(path), ..Default::default() }).unwrap();
+        assert_eq!(bits(&resumed), bits(&whole), "{}", kind.name());
+        assert_eq!(resumed.steps.last().unwrap().adaptive, whole.steps.last().unwrap().adaptive);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
 #[test]
 fn resume_is_bit_for_bit_f64() {
     for kind in [OptimizerKind::Sgd, OptimizerKind::Adam, OptimizerKind::Kfac, OptimizerKind::Ekfac] {
@@ -86,6 +104,7 @@ fn periodic_saves_and_resume_from_the_end() {
     let again = run::<f32>(&config, &task, &RunOptions { resume: Some(path.clone()), ..Default::default() }).unwrap();
     assert_eq!(bits(&again), bits(&whole));
     assert_eq!(again.final_loss.to_bits(), whole.final_loss.to_bits());
+    assert_eq!(again.test, whole.test);
     let names: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names, vec!["ck.safetensors".to_string()], "temporary files left behind");

@@ -127,3 +127,152 @@ fn directions_of_the_wrong_shape_are_refused() {
     let views: Vec<_> = wrong.iter().map(|a| a.view()).collect();
     assert!(fisher_vector_product(&*la(), &mlp, x.view(), Loss::SquaredError, &views).is_err());
 }
+
+/// Linear regression with squared error and an ℓ2 term: the objective is
+/// exactly quadratic, so with λ = 0 the model's predicted change is the
+/// actual change (ρ = 1 to rounding), and the (α, μ) found equal the
+/// closed-form minimiser of the 2-D problem built from the dense F.
+#[test]
+fn the_quadratic_model_is_exact_on_linear_regression() {
+    use kfac_nn::curvature::{levenberg_marquardt, quadratic_step, reduction_ratio};
+    let (n, d, k) = (7, 3, 2);
+    let l2 = 0.01;
+    let mlp = Mlp::<f64>::new(&[d, k], Activation::Identity, Activation::Identity, Init::Glorot, 5, &[]).unwrap();
+    let x = Array2::from_shape_fn((n, d), |(i, j)| ((i * 3 + j * 5) as f64 * 0.43).sin());
+    let t = Array2::from_shape_fn((n, k), |(i, j)| ((i + 4 * j) as f64 * 0.7).cos());
+    let loss = Loss::SquaredError;
+    let la = la();
+    let h = |m: &Mlp<f64>| {
+        let out = outputs(m, x.view());
+        loss.value(out.view(), t.view()).unwrap() + 0.5 * l2 * m.layers[0].w.mapv(|w| w * w).sum()
+    };
+    let fwd = mlp.forward(&*la, x.view(), &mut NoHook).unwrap();
+    let g_out = loss.grad(fwd.output(), t.view()).unwrap();
+    let mut grad = mlp.backward(&*la, &fwd, g_out.view(), true, &mut NoHook).unwrap();
+    grad[0].scaled_add(l2, &mlp.layers[0].w);
+    // Any two directions: Δ = −∇h scaled, δ₀ something else.
+    let delta =
+        vec![grad[0].mapv(|g| -0.7 * g) + Array2::from_shape_fn((k, d + 1), |(i, j)| 0.05 * (i as f64 - j as f64))];
+    let prev = vec![Array2::from_shape_fn((k, d + 1), |(i, j)| 0.1 * ((i * 2 + j) as f64).sin())];
+    // Dense F for W̄ flattened row-major: F[(o,j),(o',j')] = δ_oo' mean_n ā_n[j] ā_n[j'].
+    let p = k * (d + 1);
+    let abar = Array2::from_shape_fn((n, d + 1), |(i, j)| if j < d { x[(i, j)] } else { 1.0 });
+    let a = abar.t().dot(&abar) / n as f64;
+    let mut f = Array2::<f64>::zeros((p, p));
+    for o in 0..k {
+        for j in 0..=d {
+            for jj in 0..=d {
+                f[(o * (d + 1) + j, o * (d + 1) + jj)] = a[(j, jj)];
+            }
+        }
+    }
+    let (dv, pv, gv) = (flatten(&delta), flatten(&prev), flatten(&grad));
+    for lambda in [0.0, 0.3] {
+        let c = lambda + l2;
+        let q = |u: &Array1<f64>, v: &Array1<f64>| u.dot(&f.dot(v)) + c * u.dot(v);
+        let (g11, g12, g22) = (q(&dv, &dv), q(&dv, &pv), q(&pv, &pv));
+        let (b1, b2) = (gv.dot(&dv), gv.dot(&pv));
+        let det = g11 * g22 - g12 * g12;
+        let (alpha, mu) = (-(g22 * b1 - g12 * b2) / det, -(g11 * b2 - g12 * b1) / det);
+        let step = quadratic_step(&*la, &mlp, &fwd, loss, &grad, &delta, Some(&prev), lambda, l2).unwrap();
+        assert!((step.alpha - alpha).abs() <= 1e-10 * alpha.abs().max(1.0), "{step:?} vs {alpha}");
+        assert!((step.mu - mu).abs() <= 1e-10 * mu.abs().max(1.0), "{step:?} vs {mu}");
+        assert!(step.model_change < 0.0);
+        // Take the step and compare the objective's change with the model's.
+        let mut moved = mlp.clone();
+        moved.layers[0].w = &mlp.layers[0].w + &(&delta[0] * step.alpha + &prev[0] * step.mu);
+        let rho = reduction_ratio(h(&mlp), h(&moved), step.model_change);
+        if lambda == 0.0 {
+            assert!((rho - 1.0).abs() < 1e-10, "rho = {rho}");
+        } else {
+            // The damping over-penalises the step: the model predicts less
+            // decrease than the objective delivers.
+            assert!(rho > 1.0, "rho = {rho}");
+        }
+        // Without a previous update: the 1-D minimiser.
+        let one = quadratic_step(&*la, &mlp, &fwd, loss, &grad, &delta, None, lambda, l2).unwrap();
+        assert!((one.alpha + b1 / g11).abs() <= 1e-10 * one.alpha.abs().max(1.0));
+        assert_eq!(one.mu, 0.0);
+    }
+    // The Levenberg–Marquardt rule.
+    let w = 19.0 / 20.0;
+    assert_eq!(levenberg_marquardt(1.0, 0.9, w, 1e-8, 1e8), w);
+    assert_eq!(levenberg_marquardt(1.0, 0.1, w, 1e-8, 1e8), 1.0 / w);
+    assert_eq!(levenberg_marquardt(1.0, 0.5, w, 1e-8, 1e8), 1.0);
+    assert_eq!(levenberg_marquardt(1.0, f64::NAN, w, 1e-8, 1e8), 1.0 / w);
+    assert_eq!(levenberg_marquardt(1e8, 0.0, w, 1e-8, 1e8), 1e8);
+}
+
+/// The adaptive optimizer on linear regression with squared error: the
+/// objective is exactly quadratic, so with λ = 0 every measured reduction
+/// ratio is 1 (to rounding), for K-FAC (both dampings) and EKFAC, and the
+/// run converges.
+#[test]
+fn adaptive_steps_have_rho_one_on_a_quadratic() {
+    use kfac_nn::optim::{AdaptiveConfig, DampingChoice, Optimizer, OptimizerConfig, OptimizerKind};
+    use kfac_nn::rng::Rng;
+    let (n, d, k) = (64, 5, 3);
+    let x = Array2::from_shape_fn((n, d), |(i, j)| ((i * 3 + j * 5) as f64 * 0.43).sin());
+    let t = Array2::from_shape_fn((n, k), |(i, j)| ((i + 4 * j) as f64 * 0.7).cos() + 0.1 * x[(i, j % d)]);
+    let la = la();
+    for (kind, damping) in [
+        (OptimizerKind::Kfac, DampingChoice::Factored),
+        (OptimizerKind::Kfac, DampingChoice::Tikhonov),
+        (OptimizerKind::Ekfac, DampingChoice::Tikhonov),
+    ] {
+        let mut mlp =
+            Mlp::<f64>::new(&[d, k], Activation::Identity, Activation::Identity, Init::Glorot, 3, &[]).unwrap();
+        let config = OptimizerConfig {
+            damping_kind: damping,
+            stats_fraction: 1.0,
+            l2: 1e-3,
+            adaptive: Some(AdaptiveConfig {
+                lambda: 0.0,
+                lambda_min: 0.0,
+                t1: 1,
+                gamma: Some(0.1),
+                ..Default::default()
+            }),
+            ..OptimizerConfig::defaults(kind)
+        };
+        let mut opt = Optimizer::<f64>::new(config, &mlp).unwrap();
+        let mut rng = Rng::new(0);
+        let mut losses = vec![];
+        for step in 0..30 {
+            let r = opt.step(&*la, &mut mlp, x.view(), t.view(), Loss::SquaredError, &mut rng).unwrap();
+            let a = r.adaptive.unwrap();
+            let rho = a.rho.unwrap();
+            // ρ divides a difference of two objective values by the model's
+            // change: its rounding error is about ε h / |M(δ) − M(0)|.
+            let tol = 1e-12 + 256.0 * f64::EPSILON * (r.loss + 1.0) / a.model_change.abs();
+            assert!((rho - 1.0).abs() < tol, "{kind:?} {damping:?} step {step}: rho = {rho}, tolerance {tol:e}");
+            assert_eq!(a.lambda, 0.0);
+            if step == 0 {
+                assert_eq!(a.mu, 0.0, "no momentum on the first step");
+            }
+            losses.push(r.loss);
+        }
+        // It converges to the regularised least-squares optimum.
+        assert!(losses[29] < losses[0], "{kind:?}: {losses:?}");
+        assert!((losses[29] - losses[28]).abs() <= 1e-9 * losses[29], "{kind:?}: {losses:?}");
+    }
+}
+
+/// Adaptive damping is refused for optimizers without curvature, and bad
+/// knobs are refused.
+#[test]
+fn adaptive_configurations_are_checked() {
+    use kfac_nn::optim::{AdaptiveConfig, OptimizerConfig, OptimizerKind};
+    let with = |kind, a: AdaptiveConfig| OptimizerConfig { adaptive: Some(a), ..OptimizerConfig::defaults(kind) };
+    assert!(with(OptimizerKind::Adam, AdaptiveConfig::default()).validate().is_err());
+    assert!(with(OptimizerKind::Kfac, AdaptiveConfig::default()).validate().is_ok());
+    for bad in [
+        AdaptiveConfig { omega: 1.0, ..Default::default() },
+        AdaptiveConfig { t1: 0, ..Default::default() },
+        AdaptiveConfig { lambda: -1.0, ..Default::default() },
+        AdaptiveConfig { lambda_min: 2.0, lambda_max: 1.0, ..Default::default() },
+        AdaptiveConfig { gamma: Some(0.0), ..Default::default() },
+    ] {
+        assert!(with(OptimizerKind::Ekfac, bad.clone()).validate().is_err(), "{bad:?}");
+    }
+}

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kfac_nn::backend::{Backend, Scalar};
 use kfac_nn::loss::FisherMode;
 use kfac_nn::mlp::Parallelism;
-use kfac_nn::optim::{DampingChoice, OnNonFinite, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{AdaptiveConfig, DampingChoice, OnNonFinite, OptimizerConfig, OptimizerKind};
 use kfac_nn::report;
 use kfac_nn::train::{self, DataSource, Metrics, RunOptions, Task, TaskKind, TrainConfig};
 use kfac_nn::{Error, Result};
@@ -145,6 +145,30 @@ struct Common {
     /// Evaluate the test loss every N steps.
     #[arg(long, default_value_t = 20)]
     eval_every: usize,
+    /// K-FAC/EKFAC: Martens & Grosse's adaptive step size and momentum
+    /// (quadratic model with exact Fisher-vector products) and
+    /// Levenberg-Marquardt damping; --lr, --momentum, --damping and
+    /// --kl-clip are then not used.
+    #[arg(long)]
+    adaptive: bool,
+    /// Adaptive: the initial lambda of the quadratic model.
+    #[arg(long, default_value_t = 150.0, requires = "adaptive")]
+    adaptive_lambda: f64,
+    /// Adaptive: omega, the per-step factor of the damping rules.
+    #[arg(long, default_value_t = 0.95, requires = "adaptive")]
+    adaptive_omega: f64,
+    /// Adaptive: adjust lambda every T1 steps.
+    #[arg(long, default_value_t = 5, requires = "adaptive")]
+    adaptive_t1: usize,
+    /// Adaptive: choose gamma (the preconditioner's damping is gamma^2) every T2 steps.
+    #[arg(long, default_value_t = 20, requires = "adaptive")]
+    adaptive_t2: usize,
+    /// Adaptive: the initial gamma (default: sqrt(lambda + l2)).
+    #[arg(long, requires = "adaptive")]
+    adaptive_gamma: Option<f64>,
+    /// Adaptive: bounds of lambda, "MIN,MAX".
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1e-8, 1e8], requires = "adaptive")]
+    adaptive_bounds: Vec<f64>,
     /// What a step does when a number is not finite: skip it (change
     /// nothing, report it) or stop with an error.
     #[arg(long, value_enum)]
@@ -233,6 +257,17 @@ impl Common {
         }
         if let Some(v) = self.on_non_finite {
             o.on_non_finite = v.into();
+        }
+        if self.adaptive && kind.is_curvature() {
+            o.adaptive = Some(AdaptiveConfig {
+                lambda: self.adaptive_lambda,
+                omega: self.adaptive_omega,
+                t1: self.adaptive_t1,
+                t2: self.adaptive_t2,
+                lambda_min: self.adaptive_bounds.first().copied().unwrap_or(1e-8),
+                lambda_max: self.adaptive_bounds.get(1).copied().unwrap_or(1e8),
+                gamma: self.adaptive_gamma,
+            });
         }
         o.validate()?;
         let task: TaskKind = self.task.into();
