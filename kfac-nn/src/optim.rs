@@ -162,10 +162,10 @@ pub struct OptimizerConfig {
 /// Every step minimises the quadratic model
 /// $M(\delta) = \tfrac12\delta^\top(F + (\lambda+\eta)I)\delta + \nabla h^\top\delta$
 /// over $\delta = \alpha\Delta + \mu\delta_0$ (Δ the preconditioned gradient,
-/// δ₀ the previous update; [`quadratic_step`](crate::curvature::quadratic_step)),
+/// δ₀ the previous update; [`quadratic_step`]),
 /// with exact Fisher-vector products on the statistics subset of the batch.
 /// Every `t1` steps the reduction ratio $\rho$ adjusts $\lambda$ by
-/// $\omega_1 = \omega^{t_1}$ ([`levenberg_marquardt`](crate::curvature::levenberg_marquardt)).
+/// $\omega_1 = \omega^{t_1}$ ([`levenberg_marquardt`]).
 /// The preconditioner's damping is $\gamma^2$ (for factored damping the
 /// factors get $\pi\gamma$ and $\gamma/\pi$), kept separate from $\lambda$; every
 /// `t2` steps $\gamma$ is chosen greedily among $\{\omega_2\gamma, \gamma, \gamma/\omega_2\}$,

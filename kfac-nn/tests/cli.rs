@@ -261,3 +261,29 @@ fn bad_checkpoints_are_clear_errors() {
     assert_eq!(st.status.code(), Some(1));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--adaptive` on the command line: λ, γ, α, μ and ρ land in metrics.json.
+#[test]
+fn adaptive_runs_record_their_numbers() {
+    let out = tempdir("adaptive");
+    let st = kfac()
+        .args(["train", "--task", "classifier", "--optimizer", "ekfac", "--adaptive", "--steps", "10", "--quiet"])
+        .args(["--adaptive-lambda", "10", "--adaptive-t1", "2"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let m = metrics(&out);
+    assert_eq!(m["config"]["optimizer"]["adaptive"]["lambda"], 10.0);
+    let steps = m["steps"].as_array().unwrap();
+    for key in ["lambda", "gamma", "alpha", "mu", "model_change"] {
+        assert!(steps.iter().all(|s| s["adaptive"][key].is_number()), "{key}");
+    }
+    assert_eq!(steps.iter().filter(|s| s["adaptive"]["rho"].is_number()).count(), 5);
+    // Without a curvature optimizer the flag has nothing to do: refused by clap's
+    // `requires` for its knobs, ignored by sgd and adam in `compare`.
+    let st = kfac().args(["train", "--task", "classifier", "--adaptive-lambda", "3"]).output().unwrap();
+    assert_eq!(st.status.code(), Some(2));
+    std::fs::remove_dir_all(&out).unwrap();
+}

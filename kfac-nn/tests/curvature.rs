@@ -276,3 +276,36 @@ fn adaptive_configurations_are_checked() {
         assert!(with(OptimizerKind::Ekfac, bad.clone()).validate().is_err(), "{bad:?}");
     }
 }
+
+/// Adaptive K-FAC and EKFAC train the digits classifier with the true and
+/// the empirical Fisher, and record λ, γ, α, μ and ρ.
+#[test]
+fn adaptive_training_works_with_both_fishers() {
+    use kfac_nn::loss::FisherMode;
+    use kfac_nn::optim::{AdaptiveConfig, OptimizerConfig, OptimizerKind};
+    use kfac_nn::train::{self, Task, TaskKind, TrainConfig};
+    for kind in [OptimizerKind::Kfac, OptimizerKind::Ekfac] {
+        for fisher in [FisherMode::True, FisherMode::Empirical] {
+            let mut config = TrainConfig::new(
+                TaskKind::Classifier,
+                OptimizerConfig {
+                    fisher,
+                    adaptive: Some(AdaptiveConfig::default()),
+                    ..OptimizerConfig::defaults(kind)
+                },
+            );
+            config.steps = 40;
+            config.batch_size = 128;
+            let task = Task::load(config.task, &config.data, config.seed).unwrap();
+            let m = train::train::<f32>(&config, &task, &mut |_| {}).unwrap();
+            let first = m.steps[0].loss;
+            assert!(m.final_loss < 0.5 * first, "{kind:?} {fisher:?}: {first} -> {}", m.final_loss);
+            let rhos: Vec<f64> = m.steps.iter().filter_map(|s| s.adaptive.and_then(|a| a.rho)).collect();
+            assert_eq!(rhos.len(), 8, "ρ every 5 steps");
+            assert!(m.steps.iter().all(|s| s.adaptive.is_some_and(|a| a.gamma > 0.0 && a.lambda > 0.0)));
+            // γ is reconsidered at step 21: three candidates a factor ω₂ apart.
+            let g = |i: usize| m.steps[i].adaptive.unwrap().gamma;
+            assert_eq!(g(0), g(19));
+        }
+    }
+}

@@ -148,7 +148,8 @@ struct Common {
     /// K-FAC/EKFAC: Martens & Grosse's adaptive step size and momentum
     /// (quadratic model with exact Fisher-vector products) and
     /// Levenberg-Marquardt damping; --lr, --momentum, --damping and
-    /// --kl-clip are then not used.
+    /// --kl-clip are then not used. SGD and Adam ignore it (so that
+    /// `compare` can race them against adaptive K-FAC and EKFAC).
     #[arg(long)]
     adaptive: bool,
     /// Adaptive: the initial lambda of the quadratic model.
