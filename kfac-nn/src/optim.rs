@@ -725,7 +725,7 @@ impl<T: Scalar> Optimizer<T> {
                                 .sum::<f64>()
                     };
                     let rho_due = (ad.steps + 1).is_multiple_of(acfg.t1);
-                    let h_before = value + half_l2_norm(mlp);
+                    let h_before = if rho_due { value + half_l2_norm(mlp) } else { f64::NAN };
                     for ((layer, v), d) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(step) {
                         layer.w += &d;
                         *v = d;
