@@ -102,13 +102,18 @@ impl<T: Real> KroneckerFactors<T> {
     /// (an overflow): both are dropped and the factors are unchanged.
     pub fn commit(&mut self, decay: f64) -> Result<bool> {
         if !(self.a.pending_is_finite() && self.b.pending_is_finite()) {
-            self.a.discard_pending();
-            self.b.discard_pending();
+            self.discard_pending();
             return Err(Error::NonFinite { block: "Kronecker factors".into(), what: "the step's summed statistics" });
         }
         let a = self.a.commit(decay)?;
         let b = self.b.commit(decay)?;
         Ok(a && b)
+    }
+
+    /// Drops the pending step's sums of both factors.
+    pub fn discard_pending(&mut self) {
+        self.a.discard_pending();
+        self.b.discard_pending();
     }
 
     /// [`accumulate`](Self::accumulate) then [`commit`](Self::commit).

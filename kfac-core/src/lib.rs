@@ -121,6 +121,7 @@ pub mod preconditioner;
 pub mod scalar;
 pub mod shape;
 pub mod state;
+pub mod tridiagonal;
 
 pub use average::MovingAverage;
 pub use blocks::{BlockKind, CurvatureBlock, DenseBlock, DiagonalBlock, EkfacBlock, KfacBlock, KfacMethod};
@@ -128,7 +129,10 @@ pub use damping::{Damping, DampingKind, DampingSchedule, PiRule, Schedule};
 pub use error::{Error, LinAlgError, Result};
 pub use factors::KroneckerFactors;
 pub use linalg::{LinAlg, SymEig};
-pub use preconditioner::{NonFinitePolicy, Preconditioner, PreconditionerConfig, PreconditionerState, UpdateReport};
+pub use preconditioner::{
+    NonFinitePolicy, Preconditioner, PreconditionerConfig, PreconditionerState, Structure, UpdateReport,
+};
 pub use scalar::Real;
 pub use shape::{GradScale, LayerBatch, LayerShape};
 pub use state::{BlockHealth, BlockState};
+pub use tridiagonal::TridiagonalKfac;

@@ -11,6 +11,20 @@ use crate::linalg::LinAlg;
 use crate::scalar::Real;
 use crate::shape::{LayerBatch, LayerShape, check_finite};
 use crate::state::{BlockHealth, BlockState};
+use crate::tridiagonal::TridiagonalKfac;
+
+/// How the layers' blocks relate to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Structure {
+    /// One independent block per layer, of kind [`PreconditionerConfig::block`]:
+    /// every covariance between layers is dropped. The default.
+    #[default]
+    BlockDiagonal,
+    /// Martens & Grosse's chain model ([`TridiagonalKfac`]): a block-tridiagonal
+    /// inverse over the layers in order, with cross factors between
+    /// consecutive layers. Needs a K-FAC [`BlockKind`] and factored damping.
+    Tridiagonal,
+}
 
 /// What [`Preconditioner::update`] does with a layer whose batch (inputs or
 /// gradients) holds a NaN or an infinity, or whose summed statistics
@@ -70,6 +84,8 @@ pub struct PreconditionerConfig {
     pub scalings_period: usize,
     /// What to do with non-finite batches. Default [`NonFinitePolicy::Skip`].
     pub on_non_finite: NonFinitePolicy,
+    /// Block-diagonal or block-tridiagonal. Default [`Structure::BlockDiagonal`].
+    pub structure: Structure,
 }
 
 impl Default for PreconditionerConfig {
@@ -82,13 +98,32 @@ impl Default for PreconditionerConfig {
             refresh_period: 20,
             scalings_period: 1,
             on_non_finite: NonFinitePolicy::Skip,
+            structure: Structure::BlockDiagonal,
         }
     }
 }
 
 impl PreconditionerConfig {
-    /// Checks the periods (at least 1).
+    /// Checks the periods (at least 1), and that the tridiagonal structure
+    /// has K-FAC blocks and factored damping.
     pub fn validate(&self) -> Result<()> {
+        if self.structure == Structure::Tridiagonal {
+            if !matches!(self.block, BlockKind::Kfac(_)) {
+                return Err(Error::InvalidConfig {
+                    what: "structure",
+                    value: format!("Tridiagonal with {:?} blocks", self.block),
+                    why: "the chain model is built from K-FAC's Kronecker factors; use BlockKind::Kfac",
+                });
+            }
+            if self.damping.kind == DampingKind::Tikhonov {
+                return Err(Error::InvalidConfig {
+                    what: "structure",
+                    value: "Tridiagonal with Tikhonov damping".into(),
+                    why: "the chain model damps the diagonal factors (Martens & Grosse, section 6.3); use factored \
+                          damping",
+                });
+            }
+        }
         for (what, v) in [
             ("stats_period", self.stats_period),
             ("refresh_period", self.refresh_period),
@@ -124,7 +159,10 @@ impl PreconditionerConfig {
 #[derive(Debug)]
 pub struct Preconditioner<T: Real> {
     config: PreconditionerConfig,
+    /// The blocks of [`Structure::BlockDiagonal`] (empty for the chain).
     blocks: Vec<Box<dyn CurvatureBlock<T>>>,
+    /// The model of [`Structure::Tridiagonal`].
+    chain: Option<TridiagonalKfac<T>>,
     step: usize,
     skipped: Vec<usize>,
 }
@@ -134,20 +172,49 @@ impl<T: Real> Preconditioner<T> {
     /// `layer0`, `layer1`, ...
     pub fn new(config: PreconditionerConfig, shapes: &[LayerShape]) -> Result<Self> {
         config.validate()?;
+        if config.structure == Structure::Tridiagonal {
+            let chain = TridiagonalKfac::new(shapes)?;
+            return Ok(Self {
+                config,
+                blocks: Vec::new(),
+                chain: Some(chain),
+                step: 0,
+                skipped: vec![0; shapes.len()],
+            });
+        }
         let blocks = shapes
             .iter()
             .enumerate()
             .map(|(i, &s)| config.block.build(format!("layer{i}"), s))
             .collect::<Result<Vec<_>>>()?;
         let skipped = vec![0; blocks.len()];
-        Ok(Self { config, blocks, step: 0, skipped })
+        Ok(Self { config, blocks, chain: None, step: 0, skipped })
     }
 
-    /// Wraps blocks built by the caller (e.g. a different kind per layer).
+    /// Wraps blocks built by the caller (e.g. a different kind per layer);
+    /// block-diagonal only.
     pub fn from_blocks(config: PreconditionerConfig, blocks: Vec<Box<dyn CurvatureBlock<T>>>) -> Result<Self> {
         config.validate()?;
+        if config.structure != Structure::BlockDiagonal {
+            return Err(Error::InvalidConfig {
+                what: "structure",
+                value: format!("{:?}", config.structure),
+                why: "from_blocks wraps independent blocks: use Preconditioner::new for the chain",
+            });
+        }
         let skipped = vec![0; blocks.len()];
-        Ok(Self { config, blocks, step: 0, skipped })
+        Ok(Self { config, blocks, chain: None, step: 0, skipped })
+    }
+
+    /// The number of layers.
+    pub fn num_layers(&self) -> usize {
+        self.skipped.len()
+    }
+
+    /// The chain model of [`Structure::Tridiagonal`], `None` for the
+    /// block-diagonal structure.
+    pub fn tridiagonal(&self) -> Option<&TridiagonalKfac<T>> {
+        self.chain.as_ref()
     }
 
     /// The configuration.
@@ -155,7 +222,8 @@ impl<T: Real> Preconditioner<T> {
         &self.config
     }
 
-    /// The blocks, one per layer.
+    /// The blocks, one per layer; empty for [`Structure::Tridiagonal`] (see
+    /// [`tridiagonal`](Self::tridiagonal)).
     pub fn blocks(&self) -> &[Box<dyn CurvatureBlock<T>>] {
         &self.blocks
     }
@@ -199,11 +267,11 @@ impl<T: Real> Preconditioner<T> {
         let (stats_due, scalings_due) = self.due();
         let batches = match batches {
             Some(b) => {
-                if b.len() != self.blocks.len() {
+                if b.len() != self.num_layers() {
                     return Err(Error::ShapeMismatch {
                         block: "preconditioner".into(),
                         what: "batches (one per layer)",
-                        expected: (self.blocks.len(), 1),
+                        expected: (self.num_layers(), 1),
                         found: (b.len(), 1),
                     });
                 }
@@ -221,6 +289,9 @@ impl<T: Real> Preconditioner<T> {
         check_decay(decay)?;
         let damping = self.config.damping.at(k)?;
         let refresh_due = k.is_multiple_of(self.config.refresh_period);
+        if self.chain.is_some() {
+            return self.update_chain(la, batches.filter(|_| stats_due), decay, damping, refresh_due);
+        }
         let mut report = UpdateReport::default();
         // Which layers take this step's statistics: every batch is checked
         // before anything changes.
@@ -311,22 +382,89 @@ impl<T: Real> Preconditioner<T> {
         Ok(report)
     }
 
-    /// The preconditioned gradients, one per layer, each in the $\bar W$ layout.
-    pub fn precondition(&self, la: &dyn LinAlg<T>, grads: &[ArrayView2<'_, T>]) -> Result<Vec<Array2<T>>> {
-        if grads.len() != self.blocks.len() {
+    /// [`update`](Self::update) for [`Structure::Tridiagonal`]: the chain's
+    /// statistics are updated for all layers or for none (the cross factors
+    /// tie neighbours together, so a non-finite batch in one layer skips the
+    /// step's statistics of every layer under [`NonFinitePolicy::Skip`]).
+    fn update_chain(
+        &mut self,
+        la: &dyn LinAlg<T>,
+        batches: Option<&[LayerBatch<'_, T>]>,
+        decay: f64,
+        damping: crate::Damping,
+        refresh_due: bool,
+    ) -> Result<UpdateReport> {
+        let policy = self.config.on_non_finite;
+        let Some(chain) = self.chain.as_mut() else {
+            return Err(Error::NotReady { block: "preconditioner".into(), what: "no chain model" });
+        };
+        let mut report = UpdateReport::default();
+        let mut took = true;
+        if let Some(b) = batches {
+            let bad = b.iter().zip(chain.names()).find_map(|(batch, name)| {
+                check_finite(name, "inputs", batch.inputs).and(check_finite(name, "grads", batch.grads)).err()
+            });
+            match (bad, policy) {
+                (None, _) => match chain.update_statistics(la, b, decay) {
+                    Ok(()) => {}
+                    Err(Error::NonFinite { .. }) if policy == NonFinitePolicy::Skip => took = false,
+                    Err(e) => return Err(e),
+                },
+                (Some(e), NonFinitePolicy::Error) => return Err(e),
+                (Some(_), NonFinitePolicy::Skip) => took = false,
+            }
+        }
+        if (refresh_due || !chain.is_ready()) && chain.is_initialised() {
+            chain.refresh(la, damping)?;
+            report.refreshed = true;
+        } else if chain.is_ready() && chain.damping() != Some(damping) {
+            chain.set_damping(la, damping)?;
+        }
+        if !took {
+            for (l, s) in self.skipped.iter_mut().enumerate() {
+                *s += 1;
+                report.skipped.push(l);
+            }
+        }
+        self.step += 1;
+        Ok(report)
+    }
+
+    fn check_count(&self, what: &'static str, found: usize) -> Result<()> {
+        if found != self.num_layers() {
             return Err(Error::ShapeMismatch {
                 block: "preconditioner".into(),
-                what: "gradients (one per layer)",
-                expected: (self.blocks.len(), 1),
-                found: (grads.len(), 1),
+                what,
+                expected: (self.num_layers(), 1),
+                found: (found, 1),
             });
+        }
+        Ok(())
+    }
+
+    /// The preconditioned gradients, one per layer, each in the $\bar W$ layout.
+    pub fn precondition(&self, la: &dyn LinAlg<T>, grads: &[ArrayView2<'_, T>]) -> Result<Vec<Array2<T>>> {
+        self.check_count("gradients (one per layer)", grads.len())?;
+        if let Some(chain) = &self.chain {
+            return chain.precondition(la, grads);
         }
         self.blocks.iter().zip(grads).map(|(b, g)| b.precondition(la, g.view())).collect()
     }
 
+    /// The damped curvature estimate applied to `v` (one matrix per layer),
+    /// the inverse of [`precondition`](Self::precondition).
+    pub fn multiply(&self, la: &dyn LinAlg<T>, v: &[ArrayView2<'_, T>]) -> Result<Vec<Array2<T>>> {
+        self.check_count("vectors (one per layer)", v.len())?;
+        if let Some(chain) = &self.chain {
+            return chain.multiply(la, v);
+        }
+        self.blocks.iter().zip(v).map(|(b, x)| b.multiply(la, x.view())).collect()
+    }
+
     /// Bytes held by all blocks.
     pub fn memory_bytes(&self) -> usize {
-        self.blocks.iter().map(|b| b.memory_bytes()).sum()
+        self.blocks.iter().map(|b| b.memory_bytes()).sum::<usize>()
+            + self.chain.as_ref().map_or(0, |c| c.memory_bytes())
     }
 
     /// Replaces the damping schedule; the next [`update`](Self::update)
@@ -346,6 +484,12 @@ impl<T: Real> Preconditioner<T> {
     ///
     /// A damping the blocks do not support, or a failed rebuild.
     pub fn apply_damping(&mut self, la: &dyn LinAlg<T>, damping: crate::Damping) -> Result<()> {
+        if let Some(chain) = self.chain.as_mut() {
+            if chain.is_ready() && chain.damping() != Some(damping) {
+                chain.set_damping(la, damping)?;
+            }
+            return Ok(());
+        }
         for block in self.blocks.iter_mut().filter(|b| b.is_ready()) {
             if block.damping() != Some(damping) {
                 block.set_damping(la, damping)?;
@@ -358,6 +502,14 @@ impl<T: Real> Preconditioner<T> {
     /// damping, and what the safeguards did (clamped eigenvalues, `f64`
     /// retries, skipped updates).
     pub fn health(&self) -> Vec<BlockHealth> {
+        if let Some(chain) = &self.chain {
+            return chain
+                .health()
+                .into_iter()
+                .zip(&self.skipped)
+                .map(|(h, &s)| BlockHealth { skipped_updates: s, ..h })
+                .collect();
+        }
         self.blocks.iter().zip(&self.skipped).map(|(b, &s)| BlockHealth { skipped_updates: s, ..b.health() }).collect()
     }
 
@@ -366,7 +518,10 @@ impl<T: Real> Preconditioner<T> {
         PreconditionerState {
             step: self.step,
             skipped: self.skipped.clone(),
-            blocks: self.blocks.iter().map(|b| b.state()).collect(),
+            blocks: match &self.chain {
+                Some(chain) => chain.state(),
+                None => self.blocks.iter().map(|b| b.state()).collect(),
+            },
         }
     }
 
@@ -379,13 +534,20 @@ impl<T: Real> Preconditioner<T> {
     /// state does not fit (see [`CurvatureBlock::restored`]).
     pub fn restore(&mut self, state: &PreconditionerState<T>) -> Result<()> {
         let invalid = |why: String| Error::InvalidState { block: "preconditioner".into(), why };
-        if state.blocks.len() != self.blocks.len() || state.skipped.len() != self.blocks.len() {
+        let n = self.num_layers();
+        if state.blocks.len() != n || state.skipped.len() != n {
             return Err(invalid(format!(
-                "the state has {} blocks and {} skip counters, this preconditioner has {} layers",
+                "the state has {} blocks and {} skip counters, this preconditioner has {n} layers",
                 state.blocks.len(),
                 state.skipped.len(),
-                self.blocks.len()
             )));
+        }
+        if let Some(chain) = &self.chain {
+            let restored = chain.restored(&state.blocks)?;
+            self.chain = Some(restored);
+            self.step = state.step;
+            self.skipped = state.skipped.clone();
+            return Ok(());
         }
         let blocks = self.blocks.iter().zip(&state.blocks).map(|(b, s)| b.restored(s)).collect::<Result<Vec<_>>>()?;
         self.blocks = blocks;

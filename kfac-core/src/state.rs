@@ -260,6 +260,11 @@ pub struct BlockHealth {
     /// Statistics updates skipped because their batch or their sums were
     /// not finite (filled in by the [`Preconditioner`](crate::Preconditioner)).
     pub skipped_updates: usize,
+    /// Refreshes at which this layer's link of a
+    /// [`TridiagonalKfac`](crate::TridiagonalKfac) chain fell back to
+    /// block-diagonal because its conditional covariance was not numerically
+    /// positive definite; always 0 for the block-diagonal structure.
+    pub fallbacks: usize,
 }
 
 impl BlockHealth {
@@ -284,6 +289,7 @@ impl BlockHealth {
             clamped_eigenvalues: c.clamped,
             f64_retries: c.f64_retries,
             skipped_updates: 0,
+            fallbacks: 0,
         }
     }
 }

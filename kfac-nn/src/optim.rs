@@ -32,7 +32,7 @@
 
 use kfac::{
     BlockKind, Damping, DampingSchedule, KfacMethod, LayerBatch, LinAlg, NonFinitePolicy, Preconditioner,
-    PreconditionerConfig, PreconditionerState, Schedule,
+    PreconditionerConfig, PreconditionerState, Schedule, Structure,
 };
 use ndarray::{Array2, ArrayView2, Zip, s};
 use rayon::prelude::*;
@@ -109,6 +109,19 @@ pub enum DampingChoice {
     Factored,
 }
 
+/// Which curvature blocks K-FAC keeps (see `kfac_core::Structure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockStructure {
+    /// One block per layer: every covariance between layers is dropped.
+    #[default]
+    Diagonal,
+    /// Martens & Grosse's chain model: a block-tridiagonal inverse Fisher,
+    /// with cross factors between consecutive layers (`kfac_core::TridiagonalKfac`).
+    /// K-FAC with factored damping only.
+    Tridiagonal,
+}
+
 /// The hyperparameters of an optimizer. [`OptimizerConfig::defaults`] gives
 /// the documented defaults of each kind.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -155,6 +168,9 @@ pub struct OptimizerConfig {
     /// and EKFAC); `None`: the fixed `lr`, `momentum`, `damping` and KL clip.
     #[serde(default)]
     pub adaptive: Option<AdaptiveConfig>,
+    /// K-FAC's block structure: block-diagonal or block-tridiagonal.
+    #[serde(default)]
+    pub structure: BlockStructure,
 }
 
 /// The knobs of the adaptive machinery (Martens & Grosse, 2015, §6–7).
@@ -225,6 +241,7 @@ impl OptimizerConfig {
             stats_fraction: 0.25,
             on_non_finite: OnNonFinite::Skip,
             adaptive: None,
+            structure: BlockStructure::Diagonal,
         };
         match kind {
             OptimizerKind::Sgd => Self { lr: 3e-3, ..base },
@@ -261,6 +278,17 @@ impl OptimizerConfig {
                 what: "damping_kind",
                 value: "factored".into(),
                 why: "EKFAC's scalings are not a Kronecker product: use tikhonov".into(),
+            });
+        }
+        if self.structure == BlockStructure::Tridiagonal
+            && (self.kind != OptimizerKind::Kfac || self.damping_kind != DampingChoice::Factored)
+        {
+            return Err(Error::Config {
+                what: "structure",
+                value: format!("tridiagonal with {} and {:?} damping", self.kind.name(), self.damping_kind),
+                why: "the block-tridiagonal model is built from K-FAC's factors and damps them (Martens & Grosse, \
+                      section 6.3): use K-FAC with factored damping"
+                    .into(),
             });
         }
         if !(0.0..=1.0).contains(&self.decay) {
@@ -408,6 +436,9 @@ impl<T: Scalar> Optimizer<T> {
                 // eigendecomposition, and two products per precondition
                 // instead of four. Tikhonov damping needs the eigenbases.
                 let block = match (config.kind, config.damping_kind) {
+                    (OptimizerKind::Kfac, _) if config.structure == BlockStructure::Tridiagonal => {
+                        BlockKind::Kfac(KfacMethod::Inverse)
+                    }
                     (OptimizerKind::Kfac, DampingChoice::Factored) => BlockKind::Kfac(KfacMethod::Inverse),
                     (OptimizerKind::Kfac, DampingChoice::Tikhonov) => BlockKind::Kfac(KfacMethod::Eigen),
                     _ => BlockKind::Ekfac,
@@ -428,6 +459,10 @@ impl<T: Scalar> Optimizer<T> {
                     refresh_period: config.refresh_period,
                     scalings_period: config.scalings_period,
                     on_non_finite: config.on_non_finite.into(),
+                    structure: match config.structure {
+                        BlockStructure::Diagonal => Structure::BlockDiagonal,
+                        BlockStructure::Tridiagonal => Structure::Tridiagonal,
+                    },
                 };
                 State::Kfac { pre: Box::new(Preconditioner::new(pc, &mlp.shapes())?), velocity: zeros(), adaptive }
             }

@@ -219,6 +219,10 @@ pub struct LayerHealth {
     pub f64_retries: usize,
     /// Statistics updates skipped (non-finite batch or overflow).
     pub skipped_updates: usize,
+    /// Refreshes at which the layer's tridiagonal link fell back to
+    /// block-diagonal (`--structure tridiagonal` only).
+    #[serde(default)]
+    pub fallbacks: usize,
 }
 
 impl From<kfac::BlockHealth> for LayerHealth {
@@ -233,6 +237,7 @@ impl From<kfac::BlockHealth> for LayerHealth {
             clamped_eigenvalues: h.clamped_eigenvalues,
             f64_retries: h.f64_retries,
             skipped_updates: h.skipped_updates,
+            fallbacks: h.fallbacks,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use kfac_nn::Error;
 use kfac_nn::backend::Scalar;
 use kfac_nn::checkpoint;
-use kfac_nn::optim::{DampingChoice, OnNonFinite, Optimizer, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{BlockStructure, DampingChoice, OnNonFinite, Optimizer, OptimizerConfig, OptimizerKind};
 use kfac_nn::rng::Rng;
 use kfac_nn::train::{self, Metrics, RunOptions, Task, TaskKind, TrainConfig};
 use proptest::prelude::*;
@@ -63,6 +63,30 @@ fn resume_is_bit_for_bit_f32() {
         resume_matches::<f32>(kind, false);
     }
     resume_matches::<f32>(OptimizerKind::Kfac, true);
+}
+
+/// Block-tridiagonal K-FAC (cross factors and the chain's cache), with fixed
+/// and adaptive hyperparameters, resumes bit for bit.
+#[test]
+fn tridiagonal_runs_resume_bit_for_bit() {
+    for adaptive in [false, true] {
+        let (mut config, task) = classifier(OptimizerKind::Kfac, 60);
+        config.optimizer.structure = BlockStructure::Tridiagonal;
+        config.optimizer.refresh_period = 7;
+        if adaptive {
+            config.optimizer.adaptive =
+                Some(kfac_nn::optim::AdaptiveConfig { lambda: 1.0, t2: 10, ..Default::default() });
+        }
+        let dir = tempdir(&format!("tridiagonal-{adaptive}"));
+        let whole = run::<f32>(&config, &task, &RunOptions::default()).unwrap();
+        let path = dir.join("ck.safetensors");
+        let half = TrainConfig { steps: 25, ..config.clone() };
+        run::<f32>(&half, &task, &RunOptions { save: Some(path.clone()), ..Default::default() }).unwrap();
+        let resumed = run::<f32>(&config, &task, &RunOptions { resume: Some(path), ..Default::default() }).unwrap();
+        assert_eq!(bits(&resumed), bits(&whole), "adaptive {adaptive}");
+        assert_eq!(resumed.health, whole.health);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// The adaptive machinery (λ, γ, the previous update) is saved too.
@@ -312,15 +336,23 @@ fn nan_batches_are_skipped_or_refused() {
 /// backends to run in parallel.
 #[test]
 fn one_and_two_threads_give_identical_runs() {
-    for kind in [OptimizerKind::Kfac, OptimizerKind::Ekfac, OptimizerKind::Adam] {
-        let mut config = TrainConfig::new(TaskKind::Classifier, OptimizerConfig::defaults(kind));
+    let tridiagonal =
+        OptimizerConfig { structure: BlockStructure::Tridiagonal, ..OptimizerConfig::defaults(OptimizerKind::Kfac) };
+    for optimizer in [
+        OptimizerConfig::defaults(OptimizerKind::Kfac),
+        tridiagonal,
+        OptimizerConfig::defaults(OptimizerKind::Ekfac),
+        OptimizerConfig::defaults(OptimizerKind::Adam),
+    ] {
+        let kind = optimizer.kind;
+        let mut config = TrainConfig::new(TaskKind::Classifier, optimizer);
         config.data = kfac_nn::train::DataSource::Mnist5k;
         config.steps = 12;
         config.batch_size = 500;
         config.eval_every = 6;
         config.optimizer.refresh_period = 5;
         let task = Task::load(config.task, &config.data, config.seed).unwrap();
-        let dir = tempdir(&format!("threads-{}", kind.name()));
+        let dir = tempdir(&format!("threads-{}-{:?}", kind.name(), config.optimizer.structure));
         let on = |threads: usize| {
             let path = dir.join(format!("{threads}.safetensors"));
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

@@ -287,3 +287,50 @@ fn adaptive_runs_record_their_numbers() {
     assert_eq!(st.status.code(), Some(2));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn tridiagonal_kfac_on_the_command_line() {
+    let out = tempdir("tridiagonal");
+    let st = kfac()
+        .args(["train", "--task", "classifier", "--optimizer", "kfac", "--structure", "tridiagonal"])
+        .args(["--steps", "15", "--quiet"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let m = metrics(&out);
+    assert_eq!(m["config"]["optimizer"]["structure"], "tridiagonal");
+    let l = losses(&m);
+    assert!(l.last().unwrap() < &l[0], "{l:?}");
+    assert!(m["health"].as_array().unwrap().iter().all(|h| h["fallbacks"].is_number()));
+    // Only K-FAC with factored damping has the chain model.
+    for args in [
+        &["--optimizer", "ekfac"][..],
+        &["--optimizer", "kfac", "--damping-kind", "tikhonov"][..],
+        &["--optimizer", "sgd"][..],
+    ] {
+        let st = kfac()
+            .args(["train", "--task", "classifier", "--structure", "tridiagonal", "--steps", "2", "--quiet"])
+            .args(args)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(st.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(err.contains("structure") && !err.contains("panicked"), "{err}");
+    }
+    // `compare` applies it to K-FAC only.
+    let st = kfac()
+        .args(["compare", "--task", "classifier", "--optimizers", "kfac,ekfac", "--structure", "tridiagonal"])
+        .args(["--steps", "3", "--quiet"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert_eq!(metrics(&out.join("kfac"))["config"]["optimizer"]["structure"], "tridiagonal");
+    assert_eq!(metrics(&out.join("ekfac"))["config"]["optimizer"]["structure"], "diagonal");
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kfac_nn::backend::{Backend, Scalar};
 use kfac_nn::loss::FisherMode;
 use kfac_nn::mlp::Parallelism;
-use kfac_nn::optim::{AdaptiveConfig, DampingChoice, OnNonFinite, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{AdaptiveConfig, BlockStructure, DampingChoice, OnNonFinite, OptimizerConfig, OptimizerKind};
 use kfac_nn::report;
 use kfac_nn::train::{self, DataSource, Metrics, RunOptions, Task, TaskKind, TrainConfig};
 use kfac_nn::{Error, Result};
@@ -170,6 +170,11 @@ struct Common {
     /// Adaptive: bounds of lambda, "MIN,MAX".
     #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1e-8, 1e8], requires = "adaptive")]
     adaptive_bounds: Vec<f64>,
+    /// K-FAC's block structure: block-diagonal, or Martens & Grosse's
+    /// block-tridiagonal inverse (cross-layer factors; factored damping).
+    /// `compare` applies it to K-FAC only.
+    #[arg(long, value_enum, default_value_t = StructureArg::Diagonal)]
+    structure: StructureArg,
     /// What a step does when a number is not finite: skip it (change
     /// nothing, report it) or stop with an error.
     #[arg(long, value_enum)]
@@ -198,6 +203,7 @@ value_enum!(BackendArg { Faer => Backend::Faer, Nalgebra => Backend::Nalgebra } 
 value_enum!(DampingArg { Tikhonov => DampingChoice::Tikhonov, Factored => DampingChoice::Factored } -> DampingChoice);
 value_enum!(ParArg { Products => Parallelism::Products, Shards => Parallelism::Shards } -> Parallelism);
 value_enum!(NonFiniteArg { Skip => OnNonFinite::Skip, Error => OnNonFinite::Error } -> OnNonFinite);
+value_enum!(StructureArg { Diagonal => BlockStructure::Diagonal, Tridiagonal => BlockStructure::Tridiagonal } -> BlockStructure);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DatasetArg {
@@ -258,6 +264,9 @@ impl Common {
         }
         if let Some(v) = self.on_non_finite {
             o.on_non_finite = v.into();
+        }
+        if kind == OptimizerKind::Kfac {
+            o.structure = self.structure.into();
         }
         if self.adaptive && kind.is_curvature() {
             o.adaptive = Some(AdaptiveConfig {
@@ -383,6 +392,16 @@ fn run(cli: Cli) -> Result<()> {
     })?;
     pool.install(|| match cli.command {
         Command::Train { common, optimizer, out, save, save_every, resume } => {
+            if common.structure == StructureArg::Tridiagonal && optimizer != Opt::Kfac {
+                return Err(Error::Config {
+                    what: "structure",
+                    value: "tridiagonal".into(),
+                    why: format!(
+                        "the block-tridiagonal model is a K-FAC structure; use --optimizer kfac, not {}",
+                        optimizer.into_kind().name()
+                    ),
+                });
+            }
             let config = common.config(optimizer.into())?;
             let task = Task::load(config.task, &config.data, config.seed)?;
             let start = Instant::now();
