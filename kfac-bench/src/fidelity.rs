@@ -26,10 +26,18 @@
 //! eigenbasis, the best diagonal there in the Frobenius norm, and K-FAC is
 //! also diagonal in that basis: EKFAC's error can never exceed K-FAC's (the
 //! run checks it and reports it).
+//!
+//! **Across layers** ([`chain_study`]): on the middle layers (`chain`), the
+//! exact Fisher over all their parameters, cross-layer blocks included, is
+//! built from the same rows, damped ($F + \lambda I$, the same rule for
+//! $\lambda$) and inverted. Next to it: the damped inverses of block-diagonal
+//! K-FAC and of Martens & Grosse's block-tridiagonal model
+//! ([`TridiagonalKfac`]), both with factored damping of the same $\lambda$, as
+//! the paper's figure 3 compares them.
 
 use std::path::Path;
 
-use kfac_core::{BlockKind, CurvatureBlock, Damping, KfacMethod, LayerBatch, LayerShape, LinAlg};
+use kfac_core::{BlockKind, CurvatureBlock, Damping, KfacMethod, LayerBatch, LayerShape, LinAlg, TridiagonalKfac};
 use kfac_nn::backend::{Backend, Scalar};
 use kfac_nn::data::{self, Batches};
 use kfac_nn::loss::{FisherMode, Loss};
@@ -57,6 +65,9 @@ pub struct FidelityConfig {
     pub shown: Vec<usize>,
     /// $\rho$: the damping of the inverses relative to the mean eigenvalue $\operatorname{tr}(F)/P$.
     pub relative_damping: f64,
+    /// The consecutive layers (0-based) of the cross-layer comparison.
+    #[serde(default)]
+    pub chain: Vec<usize>,
     /// Seed of the split, the initialisation and the batches.
     pub seed: u64,
 }
@@ -71,6 +82,7 @@ impl Default for FidelityConfig {
             examples: 256,
             shown: vec![2, 3],
             relative_damping: 0.1,
+            chain: vec![1, 2, 3, 4],
             seed: 0,
         }
     }
@@ -127,6 +139,49 @@ pub struct Matrices {
     pub errors: Errors,
 }
 
+/// The cross-layer comparison for one kind of Fisher; see [`chain_study`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChainErrors {
+    /// $\lVert (F+\lambda I)^{-1} - \hat F_\text{diag}^{-1} \rVert_F / \lVert (F+\lambda I)^{-1} \rVert_F$, block-diagonal K-FAC.
+    pub block_diagonal_inverse: f64,
+    /// The same for the block-tridiagonal model.
+    pub tridiagonal_inverse: f64,
+    /// The part of the exact inverse outside the block tridiagonal, $\lVert \cdot \rVert_F$ relative to the whole.
+    pub exact_inverse_beyond_tridiagonal: f64,
+    /// The part of the exact inverse outside the block diagonal.
+    pub exact_inverse_beyond_diagonal: f64,
+    /// The $\lambda$ of the damping.
+    pub damping: f64,
+    /// Links of the tridiagonal model that fell back to block-diagonal.
+    pub fallbacks: usize,
+}
+
+/// The dense inverses of the cross-layer comparison.
+#[derive(Debug, Clone)]
+pub struct ChainMatrices {
+    /// $(F + \lambda I)^{-1}$ over the chain's parameters.
+    pub exact_inverse: Array2<f64>,
+    /// Block-diagonal K-FAC's damped inverse.
+    pub block_diagonal_inverse: Array2<f64>,
+    /// The block-tridiagonal model's damped inverse.
+    pub tridiagonal_inverse: Array2<f64>,
+    /// The errors.
+    pub errors: ChainErrors,
+}
+
+/// The cross-layer comparison of the middle layers.
+#[derive(Debug, Clone)]
+pub struct ChainStudy {
+    /// The layers (0-based).
+    pub layers: Vec<usize>,
+    /// Their parameters, in all.
+    pub params: usize,
+    /// True Fisher.
+    pub true_fisher: ChainMatrices,
+    /// Empirical Fisher.
+    pub empirical_fisher: ChainMatrices,
+}
+
 /// What [`study`] returns.
 #[derive(Debug, Clone)]
 pub struct Study {
@@ -138,6 +193,8 @@ pub struct Study {
     pub shown: Vec<(usize, Matrices, Matrices)>,
     /// The mean training loss on the $M$ examples when the Fisher was measured.
     pub loss: f64,
+    /// The cross-layer comparison (`None` when `config.chain` is empty).
+    pub chain: Option<ChainStudy>,
 }
 
 impl Study {
@@ -315,6 +372,74 @@ pub fn layer_matrices(
     Ok(Matrices { exact, kfac: kfac_dense, ekfac: ekfac_dense, exact_inverse, kfac_inverse, ekfac_inverse, errors })
 }
 
+/// The part of `m`'s Frobenius norm in the blocks $(i, j)$ with $|i - j| > $ `band`
+/// (block boundaries `offsets`), relative to the whole.
+fn beyond_band(m: &Array2<f64>, offsets: &[usize], band: usize) -> f64 {
+    let mut outside = 0.0;
+    for i in 0..offsets.len() - 1 {
+        for j in 0..offsets.len() - 1 {
+            if i.abs_diff(j) > band {
+                let b = m.slice(s![offsets[i]..offsets[i + 1], offsets[j]..offsets[j + 1]]);
+                outside += b.iter().map(|v| v * v).sum::<f64>();
+            }
+        }
+    }
+    outside.sqrt() / frobenius(m)
+}
+
+/// The cross-layer comparison from one kind of Fisher's rows, for the
+/// consecutive layers `chain`.
+pub fn chain_matrices(
+    la: &dyn LinAlg<f64>,
+    shapes: &[LayerShape],
+    rows: &[(Array2<f64>, Array2<f64>)],
+    chain: &[usize],
+    relative_damping: f64,
+) -> Result<ChainMatrices> {
+    let chain_shapes: Vec<LayerShape> = chain.iter().map(|&l| shapes[l]).collect();
+    let mut offsets = vec![0];
+    for s in &chain_shapes {
+        offsets.push(offsets.last().copied().unwrap_or(0) + s.num_params());
+    }
+    let p = *offsets.last().unwrap_or(&0);
+    let r = rows[chain[0]].0.nrows();
+    // Per-row gradients of every layer of the chain, side by side.
+    let mut jac = Array2::<f64>::zeros((r, p));
+    for (k, &l) in chain.iter().enumerate() {
+        let (a, g) = &rows[l];
+        let batch = LayerBatch::new(a.view(), g.view());
+        jac.slice_mut(s![.., offsets[k]..offsets[k + 1]]).assign(&batch.per_example_gradients(shapes[l]));
+    }
+    let mut f = Array2::<f64>::zeros((p, p));
+    la.gram(1.0 / r as f64, jac.view(), 0.0, f.view_mut()).map_err(|e| core_err("exact Fisher", e))?;
+    let lambda = relative_damping * f.diag().sum() / p as f64;
+    f.diag_mut().mapv_inplace(|v| v + lambda);
+    let exact_inverse = la.spd_inverse(f.view()).map_err(|e| core_err("exact Fisher", e))?;
+    let batches: Vec<LayerBatch<'_, f64>> =
+        chain.iter().map(|&l| LayerBatch::new(rows[l].0.view(), rows[l].1.view())).collect();
+    let fit = |breaks: &[usize]| -> Result<TridiagonalKfac<f64>> {
+        let mut m = TridiagonalKfac::with_breaks(&chain_shapes, breaks)?;
+        // Decay 0: the statistics are exactly these rows'.
+        m.update_statistics(la, &batches, 0.0)?;
+        m.refresh(la, Damping::factored(lambda))?;
+        Ok(m)
+    };
+    let all_breaks: Vec<usize> = (0..chain.len().saturating_sub(1)).collect();
+    let block_diagonal = fit(&all_breaks)?;
+    let tridiagonal = fit(&[])?;
+    let block_diagonal_inverse = block_diagonal.to_dense_inverse(la)?;
+    let tridiagonal_inverse = tridiagonal.to_dense_inverse(la)?;
+    let errors = ChainErrors {
+        block_diagonal_inverse: relative_error(&exact_inverse, &block_diagonal_inverse),
+        tridiagonal_inverse: relative_error(&exact_inverse, &tridiagonal_inverse),
+        exact_inverse_beyond_tridiagonal: beyond_band(&exact_inverse, &offsets, 1),
+        exact_inverse_beyond_diagonal: beyond_band(&exact_inverse, &offsets, 0),
+        damping: lambda,
+        fallbacks: tridiagonal.health().iter().map(|h| h.fallbacks).sum(),
+    };
+    Ok(ChainMatrices { exact_inverse, block_diagonal_inverse, tridiagonal_inverse, errors })
+}
+
 /// The partly trained network of the study, the examples and the loss there.
 pub fn trained_network(config: &FidelityConfig) -> Result<(Mlp<f64>, Array2<f64>, f64)> {
     if config.sizes.len() < 2 || config.examples == 0 || config.batch_size == 0 {
@@ -383,7 +508,27 @@ pub fn study(config: &FidelityConfig) -> Result<Study> {
             shown.push((l, t, e));
         }
     }
-    Ok(Study { config: config.clone(), layers, shown, loss })
+    let chain = if config.chain.is_empty() {
+        None
+    } else {
+        let shapes = mlp.shapes();
+        let n = shapes.len();
+        if config.chain.iter().any(|&l| l >= n) || config.chain.windows(2).any(|w| w[1] != w[0] + 1) {
+            return Err(Error::Config {
+                what: "fidelity chain",
+                value: format!("{:?}", config.chain),
+                why: format!("consecutive layers of the {n}-layer network"),
+            });
+        }
+        let rd = config.relative_damping;
+        Some(ChainStudy {
+            layers: config.chain.clone(),
+            params: config.chain.iter().map(|&l| shapes[l].num_params()).sum(),
+            true_fisher: chain_matrices(la, &shapes, &true_rows, &config.chain, rd)?,
+            empirical_fisher: chain_matrices(la, &shapes, &emp_rows, &config.chain, rd)?,
+        })
+    };
+    Ok(Study { config: config.clone(), layers, shown, loss, chain })
 }
 
 /// The per-layer errors as a Markdown table.
@@ -412,6 +557,31 @@ pub fn table(study: &Study) -> String {
     t
 }
 
+/// The cross-layer comparison as a Markdown table.
+pub fn chain_table(c: &ChainStudy) -> String {
+    let layers: Vec<String> = c.layers.iter().map(|l| (l + 1).to_string()).collect();
+    let mut t = format!(
+        "Layers {} together ({} parameters): relative Frobenius error of the damped inverses against \
+         (F + λI)⁻¹, and the share of the exact inverse outside the block diagonal and the block tridiagonal.\n\n\
+         | Fisher | λ | block-diagonal K-FAC⁻¹ | block-tridiagonal K-FAC⁻¹ | exact⁻¹ outside block diagonal | \
+         exact⁻¹ outside block tridiagonal |\n|---|---|---|---|---|---|\n",
+        layers.join("-"),
+        c.params
+    );
+    for (name, m) in [("true", &c.true_fisher), ("empirical", &c.empirical_fisher)] {
+        let e = &m.errors;
+        t.push_str(&format!(
+            "| {name} | {:.3e} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            e.damping,
+            e.block_diagonal_inverse,
+            e.tridiagonal_inverse,
+            e.exact_inverse_beyond_diagonal,
+            e.exact_inverse_beyond_tridiagonal
+        ));
+    }
+    t
+}
+
 fn max_abs(x: &Array2<f64>) -> f64 {
     x.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
@@ -427,6 +597,15 @@ pub fn write(dir: &Path, study: &Study) -> Result<()> {
         "loss": study.loss,
         "ekfac_never_worse": study.ekfac_never_worse(),
         "layers": study.layers,
+        "chain": study.chain.as_ref().map(|c| serde_json::json!({
+            "description": "the middle layers' exact damped inverse Fisher (F + lambda I)^-1 over all their parameters \
+                            against block-diagonal K-FAC and the block-tridiagonal model (factored damping, same \
+                            lambda): relative Frobenius errors",
+            "layers": c.layers,
+            "params": c.params,
+            "true_fisher": c.true_fisher.errors,
+            "empirical_fisher": c.empirical_fisher.errors,
+        })),
     });
     report::write_atomic(&dir.join("fidelity.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     let md = format!(
@@ -436,7 +615,45 @@ pub fn write(dir: &Path, study: &Study) -> Result<()> {
         study.config.relative_damping,
         study.ekfac_never_worse()
     );
+    let md = match &study.chain {
+        Some(c) => format!("{md}\n{}", chain_table(c)),
+        None => md,
+    };
     report::write_atomic(&dir.join("fidelity.md"), md.as_bytes())?;
+    if let Some(c) = &study.chain {
+        let rows: Vec<(String, Vec<Panel>)> =
+            [("true Fisher", &c.true_fisher), ("empirical Fisher", &c.empirical_fisher)]
+                .into_iter()
+                .map(|(name, m)| {
+                    let scale = max_abs(&m.exact_inverse);
+                    let e = &m.errors;
+                    (
+                        name.to_string(),
+                        vec![
+                            Panel { title: "exact (F+λI)⁻¹".into(), matrix: m.exact_inverse.clone(), scale },
+                            Panel {
+                                title: format!("block-diagonal K-FAC⁻¹ ({:.0}%)", 100.0 * e.block_diagonal_inverse),
+                                matrix: m.block_diagonal_inverse.clone(),
+                                scale,
+                            },
+                            Panel {
+                                title: format!("block-tridiagonal K-FAC⁻¹ ({:.0}%)", 100.0 * e.tridiagonal_inverse),
+                                matrix: m.tridiagonal_inverse.clone(),
+                                scale,
+                            },
+                        ],
+                    )
+                })
+                .collect();
+        let layers: Vec<String> = c.layers.iter().map(|l| (l + 1).to_string()).collect();
+        let title = format!(
+            "damped inverse Fisher of layers {} ({} parameters) of the digits autoencoder (|entry|, sqrt scale; \
+             relative error in brackets)",
+            layers.join("-"),
+            c.params
+        );
+        report::heatmaps(&dir.join("fidelity_chain.png"), &title, &rows, 360)?;
+    }
     for (which, file) in [(0, "fidelity.png"), (1, "fidelity_empirical.png")] {
         let rows: Vec<(String, Vec<Panel>)> = study
             .shown

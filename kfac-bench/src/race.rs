@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use kfac_nn::optim::{AdaptiveConfig, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{AdaptiveConfig, BlockStructure, OptimizerConfig, OptimizerKind};
 use kfac_nn::report;
 use kfac_nn::train::{self, Metrics, StepRecord, Task, TaskKind, TrainConfig};
 use kfac_nn::{Error, Result};
@@ -81,7 +81,7 @@ pub struct Contestant {
 }
 
 /// The contestants: SGD, Adam, and K-FAC and EKFAC with the true and the
-/// empirical Fisher, each with the defaults of `kfac_nn` (the best of the
+/// empirical Fisher, block-tridiagonal K-FAC (true Fisher), each with the defaults of `kfac_nn` (the best of the
 /// grids in the README) and the race's refresh period.
 pub fn contestants(config: &RaceConfig) -> Vec<Contestant> {
     let mut out = vec![];
@@ -93,6 +93,10 @@ pub fn contestants(config: &RaceConfig) -> Vec<Contestant> {
             if config.adaptive {
                 let adaptive = OptimizerConfig { adaptive: Some(AdaptiveConfig::default()), ..o.clone() };
                 out.push(Contestant { name: format!("{}-adaptive", kind.name()), optimizer: adaptive });
+            }
+            if kind == OptimizerKind::Kfac {
+                let tridiagonal = OptimizerConfig { structure: BlockStructure::Tridiagonal, ..o.clone() };
+                out.push(Contestant { name: "kfac-tridiagonal".into(), optimizer: tridiagonal });
             }
             o.fisher = kfac_nn::loss::FisherMode::Empirical;
             out.push(Contestant { name: format!("{}-empirical", kind.name()), optimizer: o });

@@ -192,9 +192,28 @@ fn a_small_study_runs_and_ekfac_is_never_worse() {
         examples: 24,
         shown: vec![1, 2],
         relative_damping: 0.1,
+        chain: vec![1, 2],
         seed: 3,
     };
     let study = fidelity::study(&config).unwrap();
+    // The cross-layer comparison: the tridiagonal model's inverse has no
+    // entries beyond the first off-diagonal blocks, block-diagonal K-FAC's
+    // none beyond the diagonal blocks; the exact inverse has some of both.
+    let chain = study.chain.as_ref().unwrap();
+    assert_eq!(chain.params, 13 * 6 + 7 * 12);
+    for m in [&chain.true_fisher, &chain.empirical_fisher] {
+        let (n, e) = (m.exact_inverse.nrows(), &m.errors);
+        let split = 13 * 6;
+        let off =
+            |x: &ndarray::Array2<f64>| x.slice(ndarray::s![..split, split..]).iter().map(|v| v * v).sum::<f64>().sqrt();
+        assert_eq!(off(&m.block_diagonal_inverse), 0.0);
+        assert!(off(&m.tridiagonal_inverse) > 0.0 && off(&m.exact_inverse) > 0.0);
+        assert_eq!(n, chain.params);
+        assert_eq!(e.exact_inverse_beyond_tridiagonal, 0.0, "two layers: everything is tridiagonal");
+        assert!(e.exact_inverse_beyond_diagonal > 0.0);
+        assert!(e.block_diagonal_inverse.is_finite() && e.tridiagonal_inverse.is_finite());
+        assert_eq!(e.fallbacks, 0);
+    }
     assert_eq!(study.layers.len(), 4);
     assert_eq!(study.shown.len(), 2);
     assert!(study.ekfac_never_worse());
@@ -210,7 +229,8 @@ fn a_small_study_runs_and_ekfac_is_never_worse() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("fidelity.json")).unwrap()).unwrap();
     assert_eq!(json["ekfac_never_worse"], serde_json::Value::Bool(true));
     assert_eq!(json["layers"].as_array().unwrap().len(), 4);
-    for f in ["fidelity.png", "fidelity_empirical.png"] {
+    assert!(json["chain"]["true_fisher"]["tridiagonal_inverse"].is_number());
+    for f in ["fidelity.png", "fidelity_empirical.png", "fidelity_chain.png"] {
         assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 1000);
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -107,10 +107,23 @@ fn a_small_race_runs_end_to_end_and_writes_its_files() {
     let r = race::run(&config, &mut |name, _| seen.push(name.to_string())).unwrap();
     assert_eq!(
         seen,
-        ["sgd", "adam", "kfac", "kfac-adaptive", "kfac-empirical", "ekfac", "ekfac-adaptive", "ekfac-empirical"]
+        [
+            "sgd",
+            "adam",
+            "kfac",
+            "kfac-adaptive",
+            "kfac-tridiagonal",
+            "kfac-empirical",
+            "ekfac",
+            "ekfac-adaptive",
+            "ekfac-empirical"
+        ]
     );
     let names = |c: &RaceConfig| race::contestants(c).into_iter().map(|c| c.name).collect::<Vec<_>>();
-    assert_eq!(names(&RaceConfig::quick()), ["sgd", "adam", "kfac", "kfac-empirical", "ekfac", "ekfac-empirical"]);
+    assert_eq!(
+        names(&RaceConfig::quick()),
+        ["sgd", "adam", "kfac", "kfac-tridiagonal", "kfac-empirical", "ekfac", "ekfac-empirical"]
+    );
     for e in &r.entries {
         assert_eq!(e.curve.len(), 6);
         assert!(e.final_loss.is_finite() && e.mean_step_seconds > 0.0);
@@ -119,7 +132,7 @@ fn a_small_race_runs_end_to_end_and_writes_its_files() {
     let dir = std::env::temp_dir().join(format!("kfac-race-test-{}", std::process::id()));
     race::write(&dir, &r).unwrap();
     let back: race::Race = serde_json::from_str(&std::fs::read_to_string(dir.join("race.json")).unwrap()).unwrap();
-    assert_eq!(back.entries.len(), 8);
+    assert_eq!(back.entries.len(), 9);
     for (a, b) in back.entries[2].curve.iter().zip(&r.entries[2].curve) {
         assert_eq!(a.step, b.step);
         assert!((a.loss - b.loss).abs() <= 1e-15 * b.loss.abs(), "{a:?} vs {b:?}");

@@ -37,7 +37,9 @@ enum Command {
         out: PathBuf,
     },
     /// The exact Fisher blocks of a small autoencoder against K-FAC and
-    /// EKFAC: fidelity.json, fidelity.png, fidelity_empirical.png.
+    /// EKFAC, and the middle layers' inverse Fisher against block-diagonal and
+    /// block-tridiagonal K-FAC: fidelity.json, fidelity.png,
+    /// fidelity_empirical.png, fidelity_chain.png.
     Fidelity {
         /// Seed.
         #[arg(long, default_value_t = 0)]
@@ -96,8 +98,14 @@ fn run(cli: Cli) -> kfac_nn::Result<()> {
             let study = fidelity::study(&config)?;
             fidelity::write(&out, &study)?;
             print!("{}", fidelity::table(&study));
+            if let Some(c) = &study.chain {
+                print!("\n{}", fidelity::chain_table(c));
+            }
             println!("EKFAC never worse than K-FAC: {}", study.ekfac_never_worse());
-            println!("wrote {} (fidelity.json, fidelity.png, fidelity_empirical.png)", out.display());
+            println!(
+                "wrote {} (fidelity.json, fidelity.png, fidelity_empirical.png, fidelity_chain.png)",
+                out.display()
+            );
         }
         Command::Soak { steps, damping, out } => {
             let config = soak::SoakConfig { steps, damping, ..Default::default() };
