@@ -16,13 +16,20 @@
 //! - `update/{kfac,ekfac}-{faer,nalgebra}`: statistics (and EKFAC's scalings)
 //!   of a batch of 1000 for the 1000 x 1001 layer.
 //!
+//! - `chain/{refresh,precondition}-{diagonal,tridiagonal}`: the whole stack of
+//!   the reference autoencoder's 8 layers (784-1000-500-250-30-250-500-1000-784),
+//!   f32 on faer with all cores, statistics from 250 random rows: rebuilding the
+//!   cache (block-diagonal K-FAC's Cholesky inverses against the chain model's
+//!   inverses and generalised eigendecompositions) and one preconditioning of
+//!   all layers.
+//!
 //! Run: `cargo bench -p kfac-bench --bench linalg` (add `-- eigh` to filter).
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kfac_bench::{batch, batch_data, matrix, spd};
-use kfac_core::{BlockKind, Damping, KfacMethod, LayerShape, LinAlg};
+use kfac_core::{BlockKind, Damping, KfacMethod, LayerBatch, LayerShape, LinAlg, TridiagonalKfac};
 use kfac_linalg_faer::Faer;
 use kfac_linalg_nalgebra::Nalgebra;
 
@@ -167,5 +174,33 @@ fn update(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, eigh, spd_inverse, kron_matvec, precondition, gram, update);
+fn chain(c: &mut Criterion) {
+    let mut g = c.benchmark_group("chain");
+    g.sample_size(10);
+    let la = Faer::new();
+    let widths = [784usize, 1000, 500, 250, 30, 250, 500, 1000, 784];
+    let shapes: Vec<LayerShape> = widths.windows(2).map(|w| LayerShape::new(w[0], w[1])).collect();
+    let data: Vec<_> = shapes.iter().enumerate().map(|(i, &s)| batch_data::<f32>(s, 250, 10 + i as u64)).collect();
+    let batches: Vec<LayerBatch<'_, f32>> = data.iter().map(batch).collect();
+    let grads: Vec<_> =
+        shapes.iter().enumerate().map(|(i, s)| matrix::<f32>(s.d_out, s.a_dim(), 40 + i as u64)).collect();
+    let views: Vec<_> = grads.iter().map(|g| g.view()).collect();
+    let damping = Damping::factored(1.0);
+    let breaks: Vec<usize> = (0..shapes.len() - 1).collect();
+    for (name, cuts) in [("diagonal", &breaks[..]), ("tridiagonal", &[][..])] {
+        // A chain cut after every layer is block-diagonal K-FAC (Cholesky path).
+        let mut model = TridiagonalKfac::<f32>::with_breaks(&shapes, cuts).unwrap();
+        model.update_statistics(&la, &batches, 0.95).unwrap();
+        model.refresh(&la, damping).unwrap();
+        g.bench_function(BenchmarkId::new(format!("refresh-{name}"), "ae-8-layers"), |b| {
+            b.iter(|| model.refresh(&la, damping).unwrap())
+        });
+        g.bench_function(BenchmarkId::new(format!("precondition-{name}"), "ae-8-layers"), |b| {
+            b.iter(|| black_box(model.precondition(&la, &views).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, eigh, spd_inverse, kron_matvec, precondition, gram, update, chain);
 criterion_main!(benches);

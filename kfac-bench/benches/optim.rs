@@ -1,6 +1,7 @@
 //! One step of each optimizer on the reference autoencoder
 //! (784-1000-500-250-30-250-500-1000-784, batch 1000, f32, faer on all
-//! cores), grouped as `step/<optimizer>-faer`. K-FAC and EKFAC keep their
+//! cores), grouped as `step/<optimizer>-faer` (`kfac-tridiagonal`: K-FAC with
+//! the block-tridiagonal structure). K-FAC and EKFAC keep their
 //! state across iterations, so their refreshes (every 20 steps) are part of
 //! the measured mean; the race (`kfac-bench race`) reports the same ratio
 //! amortised over a whole run.
@@ -11,7 +12,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kfac_nn::backend::{Backend, Scalar};
-use kfac_nn::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{BlockStructure, Optimizer, OptimizerConfig, OptimizerKind};
 use kfac_nn::rng::Rng;
 use kfac_nn::train::{Task, TaskKind};
 
@@ -25,11 +26,19 @@ fn step(c: &mut Criterion) {
     let la = f32::backend(Backend::Faer, true).unwrap();
     let mut g = c.benchmark_group("step");
     g.sample_size(20);
-    for kind in [OptimizerKind::Sgd, OptimizerKind::Adam, OptimizerKind::Kfac, OptimizerKind::Ekfac] {
+    let tridiagonal =
+        OptimizerConfig { structure: BlockStructure::Tridiagonal, ..OptimizerConfig::defaults(OptimizerKind::Kfac) };
+    for (name, config) in [
+        ("sgd", OptimizerConfig::defaults(OptimizerKind::Sgd)),
+        ("adam", OptimizerConfig::defaults(OptimizerKind::Adam)),
+        ("kfac", OptimizerConfig::defaults(OptimizerKind::Kfac)),
+        ("kfac-tridiagonal", tridiagonal),
+        ("ekfac", OptimizerConfig::defaults(OptimizerKind::Ekfac)),
+    ] {
         let mut mlp = task.network::<f32>(0).unwrap();
-        let mut opt = Optimizer::new(OptimizerConfig::defaults(kind), &mlp).unwrap();
+        let mut opt = Optimizer::new(config, &mlp).unwrap();
         let mut rng = Rng::new(0);
-        g.bench_function(BenchmarkId::new(format!("{}-faer", kind.name()), "ae-1000"), |b| {
+        g.bench_function(BenchmarkId::new(format!("{name}-faer"), "ae-1000"), |b| {
             b.iter(|| black_box(opt.step(&*la, &mut mlp, x.view(), t.view(), task.loss, &mut rng).unwrap()))
         });
     }

@@ -20,6 +20,10 @@
 //!   [`DenseBlock`]) keeps one layer's statistics and preconditions its gradient;
 //! - [`Preconditioner`] runs the blocks of a stack of layers on K-FAC's
 //!   schedule (statistics, refresh and scalings periods; [`damping`]);
+//! - [`TridiagonalKfac`] ([`Structure::Tridiagonal`] in a [`Preconditioner`])
+//!   keeps the covariances between consecutive layers as well: Martens &
+//!   Grosse's block-tridiagonal model of the inverse Fisher, applied with
+//!   factor-sized products only;
 //! - the dense linear algebra comes from a [`LinAlg`] backend:
 //!   `kfac-linalg-faer` (fast, multithreaded) or `kfac-linalg-nalgebra`.
 //!   The `kfac` crate picks one by cargo feature;
