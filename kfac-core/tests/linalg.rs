@@ -289,6 +289,26 @@ fn check_eigh<T: Real>(la: &dyn LinAlg<T>) {
         let tiny = x.t().dot(&x) * 1e-9;
         check_eigh_of(la, &t_of::<T>(&tiny), Row, 860);
     }
+    // Rank one and two, a cluster of zero eigenvalues: the factors of a
+    // batch of one or two examples. nalgebra's f32 eigenvectors lost their
+    // orthogonality here (0.06 on a 5 x 5 rank-one factor) until the
+    // backend re-orthonormalised them.
+    // The Gram matrix is formed in `T`, as the blocks form their factors.
+    for (n, rank) in [(5, 1), (5, 2), (17, 1), (40, 2)] {
+        for seed in 0..8u64 {
+            let x = t_of::<T>(&random::<f64>(rank, n, 870 + 10 * n as u64 + seed));
+            check_eigh_of(la, &x.t().dot(&x), Row, 880 + seed);
+        }
+    }
+    // The factor that showed it: g gᵀ for this g.
+    let g = t_of::<T>(&ndarray::arr2(&[[
+        -0.39513102668838695,
+        -0.46162508117819123,
+        -0.08731890368939133,
+        0.9463213910453554,
+        0.1019067585879363,
+    ]]));
+    check_eigh_of(la, &g.t().dot(&g), Row, 890);
     // Sorting: diag(3, 1, 2) gives 1, 2, 3 with unit vectors e1, e2, e0.
     let d = t_of::<T>(&Array2::from_diag(&ndarray::arr1(&[3.0, 1.0, 2.0])));
     let eig = la.eigh(d.view()).unwrap();
