@@ -27,7 +27,7 @@
 //! also diagonal in that basis: EKFAC's error can never exceed K-FAC's (the
 //! run checks it and reports it).
 //!
-//! **Across layers** ([`chain_study`]): on the middle layers (`chain`), the
+//! **Across layers** ([`chain_matrices`]): on the middle layers (`chain`), the
 //! exact Fisher over all their parameters, cross-layer blocks included, is
 //! built from the same rows, damped ($F + \lambda I$, the same rule for
 //! $\lambda$) and inverted. Next to it: the damped inverses of block-diagonal
@@ -139,7 +139,7 @@ pub struct Matrices {
     pub errors: Errors,
 }
 
-/// The cross-layer comparison for one kind of Fisher; see [`chain_study`].
+/// The cross-layer comparison for one kind of Fisher; see [`chain_matrices`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChainErrors {
     /// $\lVert (F+\lambda I)^{-1} - \hat F_\text{diag}^{-1} \rVert_F / \lVert (F+\lambda I)^{-1} \rVert_F$, block-diagonal K-FAC.
