@@ -334,6 +334,9 @@ fn check_preconditioner<T: Real>(la: &dyn LinAlg<T>, c: &Chain) -> Check {
     ensure(ok(pre.precondition(la, &views))? == ok(direct.precondition(la, &views))?, || {
         "the preconditioner differs from the chain".into()
     })?;
+    ensure(ok(pre.multiply(la, &views))? == ok(direct.multiply(la, &views))?, || {
+        "the preconditioner's multiply differs from the chain's".into()
+    })?;
     ensure(pre.blocks().is_empty() && pre.tridiagonal().is_some(), || "structure accessors".into())?;
     ensure(pre.health().len() == c.shapes.len(), || "one health report per layer".into())?;
     // A non-finite batch skips the statistics of every layer (the cross
