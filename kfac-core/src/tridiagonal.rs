@@ -534,14 +534,15 @@ impl<T: Real> TridiagonalKfac<T> {
         Ok(())
     }
 
-    fn cache(&self, i: usize) -> &Cache<T> {
-        self.layers[i].cache.as_ref().expect("checked by check_operands")
+    fn cache(&self, i: usize) -> Result<&Cache<T>> {
+        let l = &self.layers[i];
+        l.cache.as_ref().ok_or_else(|| Error::NotReady { block: l.name.clone(), what: "the cache is not built" })
     }
 
     /// $\Psi_{i,i+1} \operatorname{vec}(X) = \operatorname{vec}(\Psi^B X {\Psi^A}^\top)$, or
     /// with `transpose` $\Psi_{i,i+1}^\top$; `None` for an unlinked layer.
     fn psi(&self, la: &dyn LinAlg<T>, i: usize, x: ArrayView2<'_, T>, transpose: bool) -> Result<Option<Array2<T>>> {
-        let Link::Conditional(cond) = &self.cache(i).link else { return Ok(None) };
+        let Link::Conditional(cond) = &self.cache(i)?.link else { return Ok(None) };
         let (psi_a, psi_b) = (&cond.psi_a, &cond.psi_b);
         let err = lin_err(&self.layers[i].name);
         let out = if transpose {
@@ -571,7 +572,7 @@ impl<T: Real> TridiagonalKfac<T> {
             if let Some(p) = self.psi(la, i, grads[i + usize::from(i + 1 < n)], false)? {
                 u -= &p;
             }
-            let wi = match &self.cache(i).link {
+            let wi = match &self.cache(i)?.link {
                 Link::Kron { a_inv, b_inv } => la.kron_matvec(a_inv.view(), b_inv.view(), u.view()).map_err(&err)?,
                 Link::Conditional(cd) => {
                     let mut t = la.kron_matvec(cd.k_a.t(), cd.k_b.t(), u.view()).map_err(&err)?;
@@ -615,7 +616,7 @@ impl<T: Real> TridiagonalKfac<T> {
         // y_i = Σ_i x_i.
         let mut y = Vec::with_capacity(n);
         for (i, xi) in x.iter().enumerate() {
-            let c = self.cache(i);
+            let c = self.cache(i)?;
             let err = lin_err(&self.layers[i].name);
             let mut yi = la.kron_matvec(c.a_damped.view(), c.b_damped.view(), xi.view()).map_err(&err)?;
             if let Link::Conditional(cd) = &c.link {
