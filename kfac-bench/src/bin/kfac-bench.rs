@@ -44,6 +44,9 @@ enum Command {
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The damping of the inverses, relative to the mean eigenvalue tr(F)/P.
+        #[arg(long, default_value_t = 0.1)]
+        relative_damping: f64,
         /// Output directory.
         #[arg(long, default_value = "target/kfac-bench")]
         out: PathBuf,
@@ -93,8 +96,15 @@ fn run(cli: Cli) -> kfac_nn::Result<()> {
             println!("{}", std::fs::read_to_string(out.join("race.md")).unwrap_or_default());
             println!("wrote {} (race.json, race.md, race_steps.png, race_seconds.png)", out.display());
         }
-        Command::Fidelity { seed, out } => {
-            let config = fidelity::FidelityConfig { seed, ..Default::default() };
+        Command::Fidelity { seed, relative_damping, out } => {
+            if !(relative_damping.is_finite() && relative_damping > 0.0) {
+                return Err(kfac_nn::Error::Config {
+                    what: "relative-damping",
+                    value: relative_damping.to_string(),
+                    why: "must be positive".into(),
+                });
+            }
+            let config = fidelity::FidelityConfig { seed, relative_damping, ..Default::default() };
             let study = fidelity::study(&config)?;
             fidelity::write(&out, &study)?;
             print!("{}", fidelity::table(&study));
