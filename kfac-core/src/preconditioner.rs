@@ -22,7 +22,15 @@ pub enum Structure {
     BlockDiagonal,
     /// Martens & Grosse's chain model ([`TridiagonalKfac`]): a block-tridiagonal
     /// inverse over the layers in order, with cross factors between
-    /// consecutive layers. Needs a K-FAC [`BlockKind`] and factored damping.
+    /// consecutive layers. Needs a K-FAC [`BlockKind`] (its [`KfacMethod`](crate::KfacMethod)
+    /// does not matter: the chain has its own cache) and factored damping.
+    ///
+    /// The cross factors tie neighbouring layers together, so a step's
+    /// statistics are taken for all layers or none: under
+    /// [`NonFinitePolicy::Skip`] a non-finite batch in any layer skips the
+    /// step's statistics of every layer. The chain's cache depends on the
+    /// damping, so a change of damping (a schedule,
+    /// [`Preconditioner::apply_damping`]) rebuilds it, at the cost of a refresh.
     Tridiagonal,
 }
 
@@ -398,6 +406,15 @@ impl<T: Real> Preconditioner<T> {
         let Some(chain) = self.chain.as_mut() else {
             return Err(Error::NotReady { block: "preconditioner".into(), what: "no chain model" });
         };
+        // A damping the chain cannot use (e.g. set through
+        // `set_damping_schedule`) is refused before any statistic changes.
+        if let crate::Damping::Tikhonov { .. } = damping {
+            return Err(Error::UnsupportedDamping {
+                block: "tridiagonal".into(),
+                damping: damping.to_string(),
+                why: "the chain model needs factored damping",
+            });
+        }
         let mut report = UpdateReport::default();
         let mut took = true;
         if let Some(b) = batches {
@@ -418,7 +435,9 @@ impl<T: Real> Preconditioner<T> {
             chain.refresh(la, damping)?;
             report.refreshed = true;
         } else if chain.is_ready() && chain.damping() != Some(damping) {
+            // The chain's cache depends on the damping: this is a refresh.
             chain.set_damping(la, damping)?;
+            report.refreshed = true;
         }
         if !took {
             for (l, s) in self.skipped.iter_mut().enumerate() {
@@ -476,7 +495,8 @@ impl<T: Real> Preconditioner<T> {
 
     /// Gives every ready block the damping `damping` now (without a
     /// statistics step): the eigen paths and EKFAC only store it, the
-    /// Cholesky path rebuilds its inverses. The schedule is not changed:
+    /// Cholesky path rebuilds its inverses, the tridiagonal chain rebuilds
+    /// its whole cache (a refresh). The schedule is not changed:
     /// the next [`update`](Self::update) applies the schedule's damping
     /// again.
     ///

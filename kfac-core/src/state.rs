@@ -253,7 +253,8 @@ pub struct BlockHealth {
     /// Cache rebuilds so far.
     pub refreshes: usize,
     /// Eigenvalues of the factors found below zero (round-off) and clamped
-    /// to zero, summed over refreshes.
+    /// to zero, summed over refreshes (for the tridiagonal chain, also the
+    /// generalised eigenvalues $t$ of its conditional covariances).
     pub clamped_eigenvalues: usize,
     /// `f32` decompositions that failed and were redone in `f64`.
     pub f64_retries: usize,

@@ -51,16 +51,19 @@
 //!
 //! Because the joint covariances of $(\bar a_i, \bar a_{i+1})$ and
 //! $(g_i, g_{i+1})$ are positive semidefinite (their running averages are
-//! updated together, with the same weights), each damped $\Sigma_{i|i+1}$ is
-//! a Schur complement of a positive definite matrix, so every
-//! $1 - t_{B,r} t_{A,c} > 0$ in exact arithmetic. **Fallback**: if rounding
-//! makes the smallest of them fall below $100\,\epsilon$ ($\epsilon$ the machine
-//! epsilon of `T`), the link is dropped at that refresh
-//! ($\Psi_{i,i+1} = 0$, $\Sigma_{i|i+1} = A_i \otimes B_i$ damped: block-diagonal
-//! K-FAC for that layer). It is counted in [`BlockHealth::fallbacks`]. A
-//! damping of zero with a singular diagonal factor is an error instead
-//! ([`Error::Singular`], or [`Error::Decomposition`] from the Cholesky
-//! inverse of a next layer's factor).
+//! updated together, with the same weights), each damped $\Sigma_{i|i+1}$ is,
+//! for $\lambda > 0$, a Schur complement of a positive definite matrix, so
+//! every $1 - t_{B,r} t_{A,c} > 0$ in exact arithmetic (with $\lambda = 0$ it
+//! may be only semidefinite). **Fallback**: if rounding makes the smallest
+//! of them fall below $100\,\epsilon$ ($\epsilon$ the machine epsilon of `T`),
+//! the chain is cut between layers $i$ and $i+1$ at that refresh
+//! ($\Psi_{i,i+1} = 0$, $\Sigma_{i|i+1} = A_i \otimes B_i$ damped; layer $i$ stays
+//! linked to layer $i-1$). It is counted in [`BlockHealth::fallbacks`]. A
+//! damping of zero with an exactly singular diagonal factor (an eigenvalue
+//! computed as zero or below) is an error ([`Error::Singular`], or
+//! [`Error::Decomposition`] from the Cholesky inverse of a next layer's
+//! factor); a nearly singular one gives an ill-conditioned model: use a
+//! positive damping.
 //!
 //! # Which layers form a chain
 //! The layers are given in order and consecutive layers are linked: layer
@@ -319,8 +322,33 @@ impl<T: Real> TridiagonalKfac<T> {
     /// $\sum_n \bar a_{i,n} \bar a_{i+1,n}^\top$, $\sum_n g_{i,n} g_{i+1,n}^\top$.
     /// Every batch is checked (shapes, emptiness, finiteness, equal sizes
     /// of linked layers) before any sum changes.
+    ///
+    /// # Errors
+    ///
+    /// Shape, emptiness and finiteness errors (nothing changed); a backend
+    /// error during the products, after which the whole pending step
+    /// (earlier chunks included) is dropped, so that the diagonal and cross
+    /// factors keep the same weights.
     pub fn accumulate(&mut self, la: &dyn LinAlg<T>, batches: &[LayerBatch<'_, T>]) -> Result<()> {
         self.check_batches(batches)?;
+        let result = self.accumulate_checked(la, batches);
+        if result.is_err() {
+            self.discard_pending();
+        }
+        result
+    }
+
+    fn discard_pending(&mut self) {
+        for l in &mut self.layers {
+            l.factors.discard_pending();
+            if let Some((a, b)) = l.cross.as_mut() {
+                a.discard_pending();
+                b.discard_pending();
+            }
+        }
+    }
+
+    fn accumulate_checked(&mut self, la: &dyn LinAlg<T>, batches: &[LayerBatch<'_, T>]) -> Result<()> {
         for i in 0..self.layers.len() {
             let (head, tail) = self.layers.split_at_mut(i + 1);
             let layer = &mut head[i];
@@ -369,13 +397,7 @@ impl<T: Real> TridiagonalKfac<T> {
                 && l.cross.as_ref().is_none_or(|(a, b)| a.pending_is_finite() && b.pending_is_finite())
         });
         if !finite {
-            for l in &mut self.layers {
-                l.factors.discard_pending();
-                if let Some((a, b)) = l.cross.as_mut() {
-                    a.discard_pending();
-                    b.discard_pending();
-                }
-            }
+            self.discard_pending();
             return Err(Error::NonFinite { block: "tridiagonal".into(), what: "the step's summed statistics" });
         }
         for l in &mut self.layers {
@@ -787,7 +809,11 @@ impl<T: Real> TridiagonalKfac<T> {
                 (None, false) => None,
                 _ => return Err(invalid(format!("{}: the state's chain links differ from this model's", l.name))),
             };
+
             let d = r.damping()?;
+            if let Some(Damping::Tikhonov { .. }) = d {
+                return Err(invalid(format!("{}: Tikhonov damping; the chain model is factored", l.name)));
+            }
             if i > 0 && d != damping {
                 return Err(invalid(format!("{}: the layers' dampings differ", l.name)));
             }
@@ -830,6 +856,22 @@ impl<T: Real> TridiagonalKfac<T> {
                 counters,
                 fallbacks,
             });
+        }
+        // Every average is updated at the same steps with the same decay: the
+        // model's positive definiteness rests on equal weights.
+        let weights = |l: &Layer<T>| {
+            let mut w = vec![l.factors.a_average(), l.factors.b_average()];
+            if let Some((a, b)) = &l.cross {
+                w.extend([a, b]);
+            }
+            w.into_iter().map(|m| (m.weight(), m.pending_count())).collect::<Vec<_>>()
+        };
+        let first = weights(&layers[0])[0];
+        if let Some(l) = layers.iter().find(|l| weights(l).iter().any(|&w| w != first)) {
+            return Err(invalid(format!(
+                "{}: the running averages' weights differ (all factors of a chain are updated together)",
+                l.name
+            )));
         }
         let ready = layers.iter().filter(|l| l.cache.is_some()).count();
         if ready != 0 && ready != layers.len() {

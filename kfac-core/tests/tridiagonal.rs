@@ -214,6 +214,9 @@ fn check_model<T: Real>(la: &dyn LinAlg<T>, c: &Chain) -> Check {
     let (lo, hi) = (eig.values[0], eig.values[p - 1]);
     ensure(lo > 0.0, || format!("the model is not positive definite: smallest eigenvalue {lo:e}"))?;
     let tol = tol::<T>(p, hi / lo);
+    // The damping keeps these tiny models well conditioned; a tolerance
+    // this loose would make the checks below meaningless.
+    ensure(tol < 0.05, || format!("tolerance {tol:e} (condition {:e}) is too loose to test anything", hi / lo))?;
     let o = c.offsets();
     let layers = c.shapes.len();
     for i in 0..layers {
@@ -233,22 +236,31 @@ fn check_model<T: Real>(la: &dyn LinAlg<T>, c: &Chain) -> Check {
             close(&format!("off-diagonal block ({i}, {})", i + 1), &got, &want, tol)?;
         }
     }
-    // The inverse is block-tridiagonal.
-    let scale = fro(&p_inv);
-    for i in 0..layers {
-        for j in i + 2..layers {
-            let block = p_inv.slice(s![o[i]..o[i + 1], o[j]..o[j + 1]]).to_owned();
-            ensure(fro(&block) <= tol * scale, || {
-                format!("block ({i}, {j}) of the inverse is not zero: {:.3e} of {scale:.3e}", fro(&block))
-            })?;
-        }
-    }
-    // It is the inverse of the model (Gaussian elimination on the dense model).
+    // The inverse of the model, by Gaussian elimination on the dense model
+    // (independent of `precondition`), is block-tridiagonal. (The
+    // preconditioner's own matrix is so by construction: a unit vector in
+    // layer j only reaches layers j - 1, j, j + 1; checked too, as a
+    // regression check.)
     let mut exact_inv = Array2::zeros((p, p));
     for k in 0..p {
         let mut e = Array1::zeros(p);
         e[k] = 1.0;
         exact_inv.column_mut(k).assign(&solve(&f, &e));
+    }
+    for (name, inv) in [("inverse of the dense model", &exact_inv), ("preconditioner", &p_inv)] {
+        let scale = fro(inv);
+        for i in 0..layers {
+            for j in i + 2..layers {
+                for block in [
+                    inv.slice(s![o[i]..o[i + 1], o[j]..o[j + 1]]).to_owned(),
+                    inv.slice(s![o[j]..o[j + 1], o[i]..o[i + 1]]).to_owned(),
+                ] {
+                    ensure(fro(&block) <= tol * scale, || {
+                        format!("{name}: block ({i}, {j}) is not zero: {:.3e} of {scale:.3e}", fro(&block))
+                    })?;
+                }
+            }
+        }
     }
     close("preconditioner vs the inverse of the model", &p_inv, &exact_inv, tol)?;
     // precondition(multiply(v)) = v and multiply(precondition(v)) = v.
@@ -304,9 +316,44 @@ fn check_state<T: Real>(la: &dyn LinAlg<T>, c: &Chain) -> Check {
     let views: Vec<_> = v.iter().map(|x| x.view()).collect();
     ensure(ok(m.precondition(la, &views))? == ok(back.precondition(la, &views))?, || "restored differs".into())?;
     ensure(back.state() == st, || "the restored state differs".into())?;
+    let refused = |what: &str, damaged: &[kfac_core::BlockState<T>]| {
+        ensure(matches!(fresh.restored(damaged), Err(Error::InvalidState { .. })), || format!("{what} was accepted"))
+    };
     let mut damaged = st.clone();
     damaged[0].tensors.remove("A");
-    ensure(matches!(fresh.restored(&damaged), Err(Error::InvalidState { .. })), || "a missing entry".into())?;
+    refused("a missing entry", &damaged)?;
+    let mut damaged = st.clone();
+    let last = damaged.len() - 1;
+    damaged[last].scalars.insert("damping.lambda".into(), c.lambda * 2.0);
+    if last > 0 {
+        refused("layers with different dampings", &damaged)?;
+    }
+    let mut damaged = st.clone();
+    damaged[0].scalars.insert("damping.kind".into(), 0.0);
+    refused("Tikhonov damping", &damaged)?;
+    let mut damaged = st.clone();
+    damaged[0].scalars.insert("A.weight".into(), 7.0);
+    refused("unequal averaging weights", &damaged)?;
+    let mut damaged = st.clone();
+    let key = if c.shapes.len() > 1 { "k_a" } else { "a_inv" };
+    if let Some(t) = damaged[0].tensors.get_mut(key) {
+        t[[0, 0]] = T::nan();
+    }
+    refused("a non-finite cache entry", &damaged)?;
+    let mut damaged = st.clone();
+    for k in ["a_damped", "b_damped", "a_inv", "b_inv", "psi_a", "psi_b", "c_a", "c_b", "k_a", "k_b", "inv_denominator"]
+    {
+        damaged[last].tensors.remove(k);
+    }
+    if last > 0 {
+        refused("a partial cache", &damaged)?;
+    }
+    if c.shapes.len() > 1 {
+        let mut damaged = st.clone();
+        let extra = damaged[0].tensors.get("a_damped").cloned().unwrap();
+        damaged[last].tensors.insert("psi_a".into(), extra);
+        refused("a link cache on the last layer", &damaged)?;
+    }
     if c.shapes.len() > 1 {
         let cut = ok(TridiagonalKfac::<T>::with_breaks(&c.shapes, &[0]))?;
         ensure(matches!(cut.restored(&st), Err(Error::InvalidState { .. })), || "different links".into())?;
@@ -416,13 +463,16 @@ fn perfectly_correlated_layers_fall_back_to_block_diagonal() {
     // With damping the same layers are linked and the model is exact.
     m.refresh(&la, Damping::factored(0.1)).unwrap();
     assert_eq!(m.health()[0].fallbacks, 1, "the count is cumulative; no new fallback");
+    assert!(m.state()[0].tensors.contains_key("psi_a"), "with damping the link is kept");
     let back = m
         .multiply(
             &la,
             &m.precondition(&la, &[v.view(), v.view()]).unwrap().iter().map(|x| x.view()).collect::<Vec<_>>(),
         )
         .unwrap();
-    assert!(rel_err(&back[0], &v) < 1e-8);
+    for b in &back {
+        assert!(rel_err(b, &v) < 1e-8, "{}", rel_err(b, &v));
+    }
 }
 
 #[test]
@@ -438,8 +488,9 @@ fn bad_input_is_a_clear_error() {
     let short = x.slice(s![..5, ..]).to_owned();
     let gs = g.slice(s![..5, ..]).to_owned();
     let b = [LayerBatch::new(x.view(), g.view()), LayerBatch::new(short.view(), gs.view())];
+    let before = m.state();
     assert!(matches!(m.update_statistics(&la, &b, 0.95), Err(Error::ShapeMismatch { .. })));
-    assert!(!m.is_initialised(), "a refused batch changes nothing");
+    assert_eq!(m.state(), before, "a refused batch changes nothing, pending sums included");
     let b = [LayerBatch::new(x.view(), g.view()), LayerBatch::new(x.view(), g.view())];
     m.update_statistics(&la, &b, 0.95).unwrap();
     // Tikhonov damping is not the chain's damping.
@@ -520,4 +571,71 @@ fn the_chain_is_closer_to_the_exact_inverse_than_block_diagonal() {
     let bd = diag.to_dense_inverse(&la).unwrap();
     let (e_tri, e_bd) = (rel_err(&tri, &exact_inv), rel_err(&bd, &exact_inv));
     assert!(e_tri < e_bd, "tridiagonal {e_tri:.3} vs block-diagonal {e_bd:.3}");
+}
+
+#[test]
+fn the_preconditioner_follows_the_schedule_with_the_chain() {
+    // Statistics every 2 steps, refresh every 3, a damping change between
+    // refreshes: the Preconditioner does what the same calls on a
+    // TridiagonalKfac do, and a state saved with pending sums restores.
+    let la = Faer::sequential();
+    let c = build_chain(3, &[3, 4, 2, 3, 0], 9, 0b101, 5, 0.2);
+    let config = PreconditionerConfig {
+        block: BlockKind::Kfac(KfacMethod::Inverse),
+        damping: DampingSchedule::factored(0.2),
+        structure: Structure::Tridiagonal,
+        stats_period: 2,
+        refresh_period: 3,
+        ..Default::default()
+    };
+    let mut pre = Preconditioner::<f64>::new(config, &c.shapes).unwrap();
+    let mut manual = TridiagonalKfac::<f64>::new(&c.shapes).unwrap();
+    let batches: Vec<_> = c.inputs.iter().zip(&c.grads).map(|(x, g)| LayerBatch::new(x.view(), g.view())).collect();
+    let v = c.random_vectors::<f64>();
+    let views: Vec<_> = v.iter().map(|x| x.view()).collect();
+    for k in 0..7 {
+        let stats = k % 2 == 0;
+        assert_eq!(pre.needs_statistics(), stats, "step {k}");
+        let report = pre.update(&la, stats.then_some(&batches[..])).unwrap();
+        if stats {
+            manual.update_statistics(&la, &batches, 0.95).unwrap();
+        }
+        let mut refresh = k % 3 == 0;
+        if refresh {
+            manual.refresh(&la, Damping::factored(0.2)).unwrap();
+        } else if manual.damping() != Some(Damping::factored(0.2)) {
+            // The schedule's damping comes back at the next step, and
+            // changing it rebuilds the cache.
+            manual.set_damping(&la, Damping::factored(0.2)).unwrap();
+            refresh = true;
+        }
+        assert_eq!(report.refreshed, refresh, "step {k}");
+        assert_eq!(pre.precondition(&la, &views).unwrap(), manual.precondition(&la, &views).unwrap(), "step {k}");
+        if k == 4 {
+            // A new damping between refreshes rebuilds the chain's cache.
+            pre.apply_damping(&la, Damping::factored(0.5)).unwrap();
+            manual.set_damping(&la, Damping::factored(0.5)).unwrap();
+            assert_eq!(pre.precondition(&la, &views).unwrap(), manual.precondition(&la, &views).unwrap());
+            assert_eq!(pre.tridiagonal().unwrap().damping(), Some(Damping::factored(0.5)));
+        }
+    }
+    // Without batches when the statistics are due (step 8): a clear error.
+    pre.update(&la, None).unwrap();
+    assert!(matches!(pre.update(&la, None), Err(Error::NotReady { .. })));
+    // A Tikhonov damping slipped in through the schedule is refused before
+    // any statistic changes.
+    let before = pre.state();
+    pre.set_damping_schedule(DampingSchedule::tikhonov(0.1));
+    assert!(matches!(pre.update(&la, Some(&batches)), Err(Error::UnsupportedDamping { .. })));
+    assert_eq!(pre.state(), before);
+    // A half-accumulated step (pending sums) survives a save and restore.
+    let mut half = TridiagonalKfac::<f64>::new(&c.shapes).unwrap();
+    half.update_statistics(&la, &batches, 0.95).unwrap();
+    half.accumulate(&la, &batches).unwrap();
+    let st = half.state();
+    assert!(st[0].tensors.contains_key("A_next.pending"));
+    let mut back = TridiagonalKfac::<f64>::new(&c.shapes).unwrap().restored(&st).unwrap();
+    back.commit(0.9).unwrap();
+    half.commit(0.9).unwrap();
+    assert_eq!(back.state(), half.state());
 }
