@@ -417,18 +417,14 @@ impl<T: Real> Preconditioner<T> {
         }
         let mut report = UpdateReport::default();
         let mut took = true;
+        // The chain checks every batch (finiteness included) before any sum
+        // changes, and commits all layers or none: a non-finite batch or an
+        // overflow leaves the statistics as they were.
         if let Some(b) = batches {
-            let bad = b.iter().zip(chain.names()).find_map(|(batch, name)| {
-                check_finite(name, "inputs", batch.inputs).and(check_finite(name, "grads", batch.grads)).err()
-            });
-            match (bad, policy) {
-                (None, _) => match chain.update_statistics(la, b, decay) {
-                    Ok(()) => {}
-                    Err(Error::NonFinite { .. }) if policy == NonFinitePolicy::Skip => took = false,
-                    Err(e) => return Err(e),
-                },
-                (Some(e), NonFinitePolicy::Error) => return Err(e),
-                (Some(_), NonFinitePolicy::Skip) => took = false,
+            match chain.update_statistics(la, b, decay) {
+                Ok(()) => {}
+                Err(Error::NonFinite { .. }) if policy == NonFinitePolicy::Skip => took = false,
+                Err(e) => return Err(e),
             }
         }
         if (refresh_due || !chain.is_ready()) && chain.is_initialised() {

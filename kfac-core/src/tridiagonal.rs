@@ -88,7 +88,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis, Zip, s};
 use rayon::prelude::*;
 
 use crate::average::{MovingAverage, check_decay};
-use crate::blocks::{DENSE_LIMIT, check_operand, dec_err, lin_err, mean_diag, safe_eigh, safe_spd_inverse};
+use crate::blocks::{DENSE_LIMIT, check_operand, dec_err, factored_damped, lin_err, safe_eigh, safe_spd_inverse};
 use crate::damping::Damping;
 use crate::error::{Error, Result};
 use crate::factors::KroneckerFactors;
@@ -294,15 +294,20 @@ impl<T: Real> TridiagonalKfac<T> {
         self.layers.iter().map(|l| l.factors.shape().num_params()).sum()
     }
 
-    fn check_batches(&self, batches: &[LayerBatch<'_, T>]) -> Result<()> {
-        if batches.len() != self.layers.len() {
+    fn check_count(&self, what: &'static str, found: usize) -> Result<()> {
+        if found != self.layers.len() {
             return Err(Error::ShapeMismatch {
                 block: "tridiagonal".into(),
-                what: "batches (one per layer)",
+                what,
                 expected: (self.layers.len(), 1),
-                found: (batches.len(), 1),
+                found: (found, 1),
             });
         }
+        Ok(())
+    }
+
+    fn check_batches(&self, batches: &[LayerBatch<'_, T>]) -> Result<()> {
+        self.check_count("batches (one per layer)", batches.len())?;
         for (i, (layer, batch)) in self.layers.iter().zip(batches).enumerate() {
             batch.validate(&layer.name, layer.factors.shape())?;
             if layer.cross.is_some() && batches[i + 1].len() != batch.len() {
@@ -452,17 +457,12 @@ impl<T: Real> TridiagonalKfac<T> {
             .map(|i| self.layers[i].cross.is_none() || (i > 0 && self.is_linked(i - 1)))
             .collect();
         let phase1 = |(l, &inv): (&Layer<T>, &bool)| -> Result<Damped<T>> {
-            let (a, b) = (l.factors.a(), l.factors.b());
-            let (da, db) =
-                damping.factored_terms(mean_diag(a), mean_diag(b)).ok_or_else(|| Error::UnsupportedDamping {
+            let (a_d, b_d) =
+                factored_damped(l.factors.a(), l.factors.b(), damping).ok_or_else(|| Error::UnsupportedDamping {
                     block: l.name.clone(),
                     damping: damping.to_string(),
                     why: "the chain model needs Damping::Factored",
                 })?;
-            let mut a_d = a.to_owned();
-            a_d.diag_mut().mapv_inplace(|x| x + da);
-            let mut b_d = b.to_owned();
-            b_d.diag_mut().mapv_inplace(|x| x + db);
             let mut c = Counters::default();
             let invs = if inv {
                 let ai = safe_spd_inverse(work, a_d.view(), &l.name, "A (damped)", &mut c)?;
@@ -478,20 +478,16 @@ impl<T: Real> TridiagonalKfac<T> {
         } else {
             self.layers.iter().zip(needs_inverse.iter()).map(phase1).collect()
         };
-        let p1 = p1.into_iter().collect::<Result<Vec<_>>>()?;
+        let mut p1 = p1.into_iter().collect::<Result<Vec<_>>>()?;
         // Phase 2: each layer's link.
         let tol = T::from_f64_lossy(100.0) * T::EPSILON;
-        let phase2 = |i: usize| -> Result<(Link<T>, Counters, bool)> {
+        // `None`: the last layer of a chain, whose link is its own damped
+        // inverses from phase 1 (moved in below, not copied).
+        let phase2 = |i: usize| -> Result<(Option<Link<T>>, Counters, bool)> {
             let l = &self.layers[i];
-            let (a_d, b_d, invs, _) = &p1[i];
+            let (a_d, b_d, _, _) = &p1[i];
             let mut c = Counters::default();
-            let Some((ca, cb)) = l.cross.as_ref() else {
-                let (ai, bi) = match invs {
-                    Some(x) => x.clone(),
-                    None => return Err(Error::NotReady { block: l.name.clone(), what: "the damped inverses" }),
-                };
-                return Ok((Link::Kron { a_inv: ai, b_inv: bi }, c, false));
-            };
+            let Some((ca, cb)) = l.cross.as_ref() else { return Ok((None, c, false)) };
             let (_, _, next_inv, _) = &p1[i + 1];
             let Some((next_a_inv, next_b_inv)) = next_inv.as_ref() else {
                 return Err(Error::NotReady { block: l.name.clone(), what: "the next layer's damped inverses" });
@@ -506,22 +502,32 @@ impl<T: Real> TridiagonalKfac<T> {
             let denom = Array2::from_shape_fn((t_b.len(), t_a.len()), |(r, q)| T::one() - t_b[r] * t_a[q]);
             if denom.iter().all(|&d| d > tol && d.is_finite()) {
                 let inv_denominator = denom.mapv(|d| T::one() / d);
-                Ok((
-                    Link::Conditional(Box::new(Conditional { psi_a, psi_b, c_a, c_b, k_a, k_b, inv_denominator })),
-                    c,
-                    false,
-                ))
+                let cond = Conditional { psi_a, psi_b, c_a, c_b, k_a, k_b, inv_denominator };
+                Ok((Some(Link::Conditional(Box::new(cond))), c, false))
             } else {
                 let ai = safe_spd_inverse(work, a_d.view(), &l.name, "A (damped)", &mut c)?;
                 let bi = safe_spd_inverse(work, b_d.view(), &l.name, "B (damped)", &mut c)?;
-                Ok((Link::Kron { a_inv: ai, b_inv: bi }, c, true))
+                Ok((Some(Link::Kron { a_inv: ai, b_inv: bi }), c, true))
             }
         };
         let n = self.layers.len();
         let p2: Vec<_> =
             if cla.is_some() { (0..n).into_par_iter().map(phase2).collect() } else { (0..n).map(phase2).collect() };
-        let p2 = p2.into_iter().collect::<Result<Vec<_>>>()?;
-        for ((layer, (a_d, b_d, _, c1)), (link, c2, fell_back)) in self.layers.iter_mut().zip(p1).zip(p2) {
+        let mut p2 = p2.into_iter().collect::<Result<Vec<_>>>()?;
+        // Everything is computed: only now does the model change.
+        let mut links = Vec::with_capacity(n);
+        for ((layer, (_, _, invs, _)), (link, _, _)) in self.layers.iter().zip(&mut p1).zip(&mut p2) {
+            match (link.take(), invs.take()) {
+                (Some(link), _) => links.push(link),
+                (None, Some((a_inv, b_inv))) => links.push(Link::Kron { a_inv, b_inv }),
+                (None, None) => {
+                    return Err(Error::NotReady { block: layer.name.clone(), what: "the damped inverses" });
+                }
+            }
+        }
+        for (((layer, (a_d, b_d, _, c1)), (_, c2, fell_back)), link) in
+            self.layers.iter_mut().zip(p1).zip(p2).zip(links)
+        {
             layer.counters.refreshes += 1;
             layer.counters.clamped += c1.clamped + c2.clamped;
             layer.counters.f64_retries += c1.f64_retries + c2.f64_retries;
@@ -539,14 +545,7 @@ impl<T: Real> TridiagonalKfac<T> {
     }
 
     fn check_operands(&self, v: &[ArrayView2<'_, T>]) -> Result<()> {
-        if v.len() != self.layers.len() {
-            return Err(Error::ShapeMismatch {
-                block: "tridiagonal".into(),
-                what: "gradients (one per layer)",
-                expected: (self.layers.len(), 1),
-                found: (v.len(), 1),
-            });
-        }
+        self.check_count("gradients (one per layer)", v.len())?;
         for (l, x) in self.layers.iter().zip(v) {
             check_operand(&l.name, l.factors.shape(), x)?;
         }

@@ -67,29 +67,12 @@ impl Chain {
 
     /// $A_{i,j} = \frac1N \sum_n \bar a_{i,n} \bar a_{j,n}^\top$ by explicit loops.
     fn a_ref(&self, i: usize, j: usize) -> Array2<f64> {
-        let (ai, aj) = (self.a_bar(i), self.a_bar(j));
-        let mut m = Array2::zeros((ai.ncols(), aj.ncols()));
-        for n in 0..self.n() {
-            for r in 0..ai.ncols() {
-                for c in 0..aj.ncols() {
-                    m[(r, c)] += ai[(n, r)] * aj[(n, c)];
-                }
-            }
-        }
-        m / self.n() as f64
+        mean_outer(&self.a_bar(i), &self.a_bar(j))
     }
 
+    /// $B_{i,j} = \frac1N \sum_n g_{i,n} g_{j,n}^\top$ by explicit loops.
     fn b_ref(&self, i: usize, j: usize) -> Array2<f64> {
-        let (gi, gj) = (&self.grads[i], &self.grads[j]);
-        let mut m = Array2::zeros((gi.ncols(), gj.ncols()));
-        for n in 0..self.n() {
-            for r in 0..gi.ncols() {
-                for c in 0..gj.ncols() {
-                    m[(r, c)] += gi[(n, r)] * gj[(n, c)];
-                }
-            }
-        }
-        m / self.n() as f64
+        mean_outer(&self.grads[i], &self.grads[j])
     }
 
     /// The damped diagonal factors, with π² = (tr A / dim A) / (tr B / dim B).
@@ -116,6 +99,20 @@ impl Chain {
         let mut rng = Lcg::new(self.seed ^ 0x5eed);
         self.shapes.iter().map(|s| cast(&rng.matrix(s.param_dims().0, s.param_dims().1))).collect()
     }
+}
+
+/// $\frac1N \sum_n x_n y_n^\top$ over the rows of `x` and `y`, by explicit loops.
+fn mean_outer(x: &Array2<f64>, y: &Array2<f64>) -> Array2<f64> {
+    let n = x.nrows();
+    let mut m = Array2::zeros((x.ncols(), y.ncols()));
+    for k in 0..n {
+        for r in 0..x.ncols() {
+            for c in 0..y.ncols() {
+                m[(r, c)] += x[(k, r)] * y[(k, c)];
+            }
+        }
+    }
+    m / n as f64
 }
 
 /// 1 to 4 layers of widths 1 to 4, 1 to 12 examples, random biases, damping

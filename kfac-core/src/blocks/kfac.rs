@@ -3,8 +3,8 @@
 use ndarray::{Array1, Array2, ArrayView2, Zip};
 
 use super::{
-    CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, from_basis, kron_dense, lin_err, mean_diag,
-    not_ready, outer_plus, safe_eigh, safe_spd_inverse, to_basis,
+    CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, factored_damped, from_basis, kron_dense, lin_err,
+    mean_diag, not_ready, outer_plus, safe_eigh, safe_spd_inverse, to_basis,
 };
 use crate::damping::Damping;
 use crate::error::{Error, Result};
@@ -124,18 +124,12 @@ impl<T: Real> KfacBlock<T> {
     }
 
     fn build_inverse(&mut self, la: &dyn LinAlg<T>, damping: Damping) -> Result<()> {
-        let (a, b) = (self.factors.a(), self.factors.b());
-        let (da, db) = damping
-            .factored_terms(mean_diag(a), mean_diag(b))
-            .ok_or_else(|| Error::UnsupportedDamping {
+        let (a_damped, b_damped) =
+            factored_damped(self.factors.a(), self.factors.b(), damping).ok_or_else(|| Error::UnsupportedDamping {
                 block: self.name.clone(),
                 damping: damping.to_string(),
                 why: "the Cholesky path cannot damp the whole Kronecker product; use KfacMethod::Eigen or Damping::Factored",
             })?;
-        let mut a_damped = a.to_owned();
-        a_damped.diag_mut().mapv_inplace(|x| x + da);
-        let mut b_damped = b.to_owned();
-        b_damped.diag_mut().mapv_inplace(|x| x + db);
         let mut counters = self.counters;
         let a_inv = safe_spd_inverse(la, a_damped.view(), &self.name, "A", &mut counters)?;
         let b_inv = safe_spd_inverse(la, b_damped.view(), &self.name, "B", &mut counters)?;

@@ -222,6 +222,22 @@ pub(crate) fn mean_diag<T: Real>(m: ArrayView2<'_, T>) -> T {
     m.diag().sum() / T::from_usize(n).unwrap_or(T::one())
 }
 
+/// The factors with factored damping added to their diagonals,
+/// $(A + \pi\sqrt\lambda\, I,\; B + \sqrt\lambda/\pi\, I)$; `None` for a damping that is
+/// not factored.
+pub(crate) fn factored_damped<T: Real>(
+    a: ArrayView2<'_, T>,
+    b: ArrayView2<'_, T>,
+    damping: Damping,
+) -> Option<(Array2<T>, Array2<T>)> {
+    let (da, db) = damping.factored_terms(mean_diag(a), mean_diag(b))?;
+    let mut a_damped = a.to_owned();
+    a_damped.diag_mut().mapv_inplace(|x| x + da);
+    let mut b_damped = b.to_owned();
+    b_damped.diag_mut().mapv_inplace(|x| x + db);
+    Some((a_damped, b_damped))
+}
+
 /// $U_B^\top V U_A$: `v` expressed in the Kronecker eigenbasis.
 pub(crate) fn to_basis<T: Real>(
     la: &dyn LinAlg<T>,
