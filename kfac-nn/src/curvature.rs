@@ -117,6 +117,51 @@ pub fn fisher_vector_product_at<T: Scalar>(
     mlp.backward(la, fwd, hjv.view(), true, &mut NoHook)
 }
 
+/// $\operatorname{tr}(F)/P$, the mean eigenvalue of the Fisher of a batch,
+/// from the layers' inputs and per-example pre-activation gradients
+/// (what the statistics hooks see), without forming a per-example gradient.
+///
+/// The per-example gradient of layer $l$ is $g_{l,n} \bar a_{l,n}^\top$, whose
+/// squared norm is $\lVert \bar a_{l,n}\rVert^2 \lVert g_{l,n}\rVert^2$
+/// ($\bar a$ with the bias's 1 appended), so
+/// $$ \frac{\operatorname{tr}(F)}{P} = \frac{1}{NP} \sum_{n=1}^{N} \sum_l
+///    \bigl(\lVert a_{l,n}\rVert^2 + 1\bigr)\lVert g_{l,n}\rVert^2 ,\qquad
+///    P = \sum_l d_{\text{out},l}\,(d_{\text{in},l} + 1). $$
+/// With gradients at targets sampled from the model this is an unbiased
+/// estimate of the trace of the true Fisher; at the data's targets, the
+/// empirical Fisher's. `inputs[l]` is $N \times d_{\text{in},l}$ and
+/// `grads[l]` $N \times d_{\text{out},l}$ (per example: not divided by $N$).
+/// Sums are taken in f64, in a fixed order.
+///
+/// # Errors
+///
+/// [`Error::Shape`] when the lists differ in length, are empty, or a
+/// layer's rows differ from the first layer's.
+pub fn fisher_trace_per_parameter<T: Scalar>(inputs: &[ArrayView2<'_, T>], grads: &[ArrayView2<'_, T>]) -> Result<f64> {
+    if inputs.len() != grads.len() || inputs.is_empty() {
+        return Err(Error::Shape {
+            what: "layers (inputs, gradients)",
+            expected: (inputs.len(), inputs.len()),
+            found: (inputs.len(), grads.len()),
+        });
+    }
+    let n = inputs[0].nrows();
+    let sq = |r: ndarray::ArrayView1<'_, T>| r.iter().map(|&x| x.to_f64_exact().powi(2)).sum::<f64>();
+    let (mut total, mut params) = (0.0f64, 0usize);
+    for (a, g) in inputs.iter().zip(grads) {
+        if a.nrows() != n || g.nrows() != n || n == 0 {
+            return Err(Error::Shape {
+                what: "examples (inputs, gradients)",
+                expected: (n, n),
+                found: (a.nrows(), g.nrows()),
+            });
+        }
+        total += a.outer_iter().zip(g.outer_iter()).map(|(a, g)| (sq(a) + 1.0) * sq(g)).sum::<f64>();
+        params += g.ncols() * (a.ncols() + 1);
+    }
+    Ok(total / (n as f64 * params as f64))
+}
+
 /// The minimiser of the quadratic model over the plane spanned by the
 /// preconditioned direction $\Delta$ and the previous update $\delta_0$
 /// (Martens & Grosse, 2015, §7):
@@ -143,12 +188,56 @@ fn dot<T: Scalar>(a: &[Array2<T>], b: &[impl std::borrow::Borrow<Array2<T>>]) ->
         .sum()
 }
 
+/// The Gram matrix $G_{ij} = u_i^\top F u_j$ of the directions `dirs` (each
+/// one matrix per layer in the $\bar W$ layout) under the Fisher of the
+/// batch of the pass `fwd`, from forward-mode products alone:
+/// $$ u_i^\top F u_j = \frac1N \sum_n (J_n u_i)^\top H_n (J_n u_j) , $$
+/// one R-op pass per direction ([`output_directional_derivative`]) and
+/// $H_n$ applied in the output space. No backward pass: the quadratic model
+/// needs these numbers, not $F u$. Sums are taken in f64, in a fixed
+/// order; $G$ is symmetric by construction (the upper triangle is
+/// mirrored).
+///
+/// # Errors
+///
+/// Shape errors from the products.
+pub fn fisher_gram<T: Scalar>(
+    la: &dyn LinAlg<T>,
+    mlp: &Mlp<T>,
+    fwd: &Forward<T>,
+    loss: Loss,
+    dirs: &[&[Array2<T>]],
+) -> Result<Vec<Vec<f64>>> {
+    let n = fwd.input(0).nrows().max(1) as f64;
+    let ju = dirs.iter().map(|d| output_directional_derivative(la, mlp, fwd, &views(d))).collect::<Result<Vec<_>>>()?;
+    let hju = ju.iter().map(|j| loss.hessian_vector(fwd.output(), j.view())).collect::<Result<Vec<_>>>()?;
+    let k = dirs.len();
+    let mut g = vec![vec![0.0; k]; k];
+    for i in 0..k {
+        for j in i..k {
+            let v =
+                ju[i].iter().zip(hju[j].iter()).map(|(&a, &b)| a.to_f64_exact() * b.to_f64_exact()).sum::<f64>() / n;
+            g[i][j] = v;
+            g[j][i] = v;
+        }
+    }
+    Ok(g)
+}
+
 /// Minimises the quadratic model exactly over $\alpha \Delta + \mu \delta_0$: a
-/// 2 × 2 solve built from $F\Delta$ and $F\delta_0$ ([`fisher_vector_product_at`]
-/// on the pass `fwd`). Without a previous update, or when the two
+/// 2 × 2 solve built from the quadratic forms $\Delta^\top F \Delta$,
+/// $\Delta^\top F \delta_0$ and $\delta_0^\top F \delta_0$ ([`fisher_gram`] on
+/// the pass `fwd`). Without a previous update, or when the two
 /// directions are (numerically) parallel, the 1-D problem in $\alpha$ is
 /// solved instead. `grad` is $\nabla h$ (with the $\ell_2$ term), `lambda`
 /// the model's damping $\lambda$ and `l2` the $\ell_2$ coefficient $\eta$.
+///
+/// `fwd` must be the pass over the same examples as `grad`: $M$ is then
+/// the second-order model of the objective the step is measured on. A
+/// Fisher from fewer examples than the gradient has no curvature along
+/// the part of the gradient that the other examples contribute, and the
+/// model then predicts an unbounded decrease there, held back by
+/// $\lambda + \eta$ alone.
 ///
 /// # Errors
 ///
@@ -167,8 +256,11 @@ pub fn quadratic_step<T: Scalar>(
     l2: f64,
 ) -> Result<ModelStep> {
     let c = lambda + l2;
-    let f_delta = fisher_vector_product_at(la, mlp, fwd, loss, &views(delta))?;
-    let g11 = dot(delta, &f_delta) + c * dot(delta, delta);
+    let gram = match previous {
+        Some(prev) => fisher_gram(la, mlp, fwd, loss, &[delta, prev])?,
+        None => fisher_gram(la, mlp, fwd, loss, &[delta])?,
+    };
+    let g11 = gram[0][0] + c * dot(delta, delta);
     let b1 = dot(grad, delta);
     if !(g11 > 0.0 && g11.is_finite()) {
         return Err(Error::Config {
@@ -182,9 +274,8 @@ pub fn quadratic_step<T: Scalar>(
         ModelStep { alpha, mu: 0.0, model_change: 0.5 * alpha * b1 }
     };
     let Some(prev) = previous else { return Ok(one_d()) };
-    let f_prev = fisher_vector_product_at(la, mlp, fwd, loss, &views(prev))?;
-    let g22 = dot(prev, &f_prev) + c * dot(prev, prev);
-    let g12 = dot(delta, &f_prev) + c * dot(delta, prev);
+    let g22 = gram[1][1] + c * dot(prev, prev);
+    let g12 = gram[0][1] + c * dot(delta, prev);
     let b2 = dot(grad, prev);
     let det = g11 * g22 - g12 * g12;
     // Parallel directions (or a zero previous update): the plane degenerates.

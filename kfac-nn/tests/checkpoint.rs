@@ -75,7 +75,7 @@ fn tridiagonal_runs_resume_bit_for_bit() {
         config.optimizer.refresh_period = 7;
         if adaptive {
             config.optimizer.adaptive =
-                Some(kfac_nn::optim::AdaptiveConfig { lambda: 1.0, t2: 10, ..Default::default() });
+                Some(kfac_nn::optim::AdaptiveConfig { lambda: Some(1.0), t2: 10, ..Default::default() });
         }
         let dir = tempdir(&format!("tridiagonal-{adaptive}"));
         let whole = run::<f32>(&config, &task, &RunOptions::default()).unwrap();
@@ -89,13 +89,17 @@ fn tridiagonal_runs_resume_bit_for_bit() {
     }
 }
 
-/// The adaptive machinery (λ, γ, the previous update) is saved too.
+/// The adaptive machinery (λ, γ, the previous update) is saved too, with a
+/// configured λ₀ and with λ₀ = tr(F)/P set at the first step (not set again
+/// on resume).
 #[test]
 fn adaptive_runs_resume_bit_for_bit() {
-    for kind in [OptimizerKind::Kfac, OptimizerKind::Ekfac] {
+    for (kind, lambda) in
+        [(OptimizerKind::Kfac, Some(1.0)), (OptimizerKind::Ekfac, Some(1.0)), (OptimizerKind::Kfac, None)]
+    {
         let (mut config, task) = classifier(kind, 60);
-        config.optimizer.adaptive = Some(kfac_nn::optim::AdaptiveConfig { lambda: 1.0, t2: 10, ..Default::default() });
-        let dir = tempdir(&format!("adaptive-{}", kind.name()));
+        config.optimizer.adaptive = Some(kfac_nn::optim::AdaptiveConfig { lambda, t2: 10, ..Default::default() });
+        let dir = tempdir(&format!("adaptive-{}-{}", kind.name(), lambda.is_some()));
         let whole = run::<f32>(&config, &task, &RunOptions::default()).unwrap();
         let path = dir.join("ck.safetensors");
         let half = TrainConfig { steps: 25, ..config.clone() };

@@ -285,6 +285,28 @@ fn adaptive_runs_record_their_numbers() {
     // `requires` for its knobs, ignored by sgd and adam in `compare`.
     let st = kfac().args(["train", "--task", "classifier", "--adaptive-lambda", "3"]).output().unwrap();
     assert_eq!(st.status.code(), Some(2));
+    // "auto": λ₀ = tr(F)/P of the first batch, recorded as null in the
+    // configuration and as a number at every step; a word that is not a
+    // number or "auto" is a readable error.
+    let st = kfac()
+        .args(["train", "--task", "classifier", "--optimizer", "kfac", "--adaptive", "--steps", "5", "--quiet"])
+        .args(["--adaptive-lambda", "auto"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let m = metrics(&out);
+    assert!(m["config"]["optimizer"]["adaptive"]["lambda"].is_null());
+    let l0 = m["steps"][0]["adaptive"]["lambda"].as_f64().unwrap();
+    assert!(l0 > 0.0 && l0 < 150.0, "{l0}");
+    let st = kfac()
+        .args(["train", "--task", "classifier", "--optimizer", "kfac", "--adaptive", "--adaptive-lambda", "big"])
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.contains("adaptive-lambda") && err.contains("auto"), "{err}");
     std::fs::remove_dir_all(&out).unwrap();
 }
 

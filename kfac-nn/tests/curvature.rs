@@ -227,7 +227,7 @@ fn adaptive_steps_have_rho_one_on_a_quadratic() {
             stats_fraction: 1.0,
             l2: 1e-3,
             adaptive: Some(AdaptiveConfig {
-                lambda: 0.0,
+                lambda: Some(0.0),
                 lambda_min: 0.0,
                 t1: 1,
                 gamma: Some(0.1),
@@ -269,7 +269,7 @@ fn adaptive_configurations_are_checked() {
     for bad in [
         AdaptiveConfig { omega: 1.0, ..Default::default() },
         AdaptiveConfig { t1: 0, ..Default::default() },
-        AdaptiveConfig { lambda: -1.0, ..Default::default() },
+        AdaptiveConfig { lambda: Some(-1.0), ..Default::default() },
         AdaptiveConfig { lambda_min: 2.0, lambda_max: 1.0, ..Default::default() },
         AdaptiveConfig { gamma: Some(0.0), ..Default::default() },
     ] {
@@ -307,5 +307,237 @@ fn adaptive_training_works_with_both_fishers() {
             let g = |i: usize| m.steps[i].adaptive.unwrap().gamma;
             assert_eq!(g(0), g(19));
         }
+    }
+}
+
+/// The per-example gradients of `mlp` on `x` with output gradients `g_out`
+/// (one row per example), each from its own one-example backward pass: a
+/// path independent of the batched hooks.
+fn per_example_gradients(mlp: &Mlp<f64>, x: ArrayView2<'_, f64>, g_out: ArrayView2<'_, f64>) -> Vec<Array1<f64>> {
+    let la = la();
+    (0..x.nrows())
+        .map(|i| {
+            let xi = x.slice(ndarray::s![i..=i, ..]);
+            let fwd = mlp.forward(&*la, xi, &mut NoHook).unwrap();
+            flatten(&mlp.backward(&*la, &fwd, g_out.slice(ndarray::s![i..=i, ..]), true, &mut NoHook).unwrap())
+        })
+        .collect()
+}
+
+/// tr(F)/P from the hooks' inputs and pre-activation gradients equals the
+/// mean squared norm of the per-example gradients (computed one example at
+/// a time) divided by the parameter count, in f64 and f32; lists that do
+/// not fit are refused.
+#[test]
+fn the_fisher_trace_is_the_mean_squared_per_example_gradient() {
+    use kfac_nn::curvature::fisher_trace_per_parameter;
+    use kfac_nn::mlp::GradRecorder;
+    for (sizes, seed) in [(&[3usize, 4, 2][..], 1u64), (&[5, 3, 4, 3][..], 2), (&[2, 1][..], 3)] {
+        let mlp = Mlp::<f64>::new(sizes, Activation::Tanh, Activation::Identity, Init::Glorot, seed, &[]).unwrap();
+        let n = 6;
+        let (d, k) = (sizes[0], *sizes.last().unwrap());
+        let x = Array2::from_shape_fn((n, d), |(i, j)| ((i * 7 + j * 3 + seed as usize) as f64 * 0.37).sin());
+        let g_out = Array2::from_shape_fn((n, k), |(i, j)| ((i * 5 + j * 2) as f64 * 0.61 + seed as f64).cos());
+        let la = la();
+        let fwd = mlp.forward(&*la, x.view(), &mut NoHook).unwrap();
+        let mut rec = GradRecorder::default();
+        mlp.backward(&*la, &fwd, g_out.view(), false, &mut rec).unwrap();
+        let inputs: Vec<_> = (0..mlp.layers.len()).map(|l| fwd.input(l)).collect();
+        let grads: Vec<_> = rec.grads.iter().map(|g| g.as_ref().unwrap().view()).collect();
+        let got = fisher_trace_per_parameter(&inputs, &grads).unwrap();
+        let per = per_example_gradients(&mlp, x.view(), g_out.view());
+        let p = per[0].len();
+        let want = per.iter().map(|g| g.dot(g)).sum::<f64>() / (n * p) as f64;
+        assert!((got - want).abs() <= 1e-13 * want, "{sizes:?}: {got} vs {want}");
+        // f32: the same sums of squares, accumulated in f64 from f32 inputs.
+        let i32s: Vec<Array2<f32>> = inputs.iter().map(|a| a.mapv(|v| v as f32)).collect();
+        let g32s: Vec<Array2<f32>> = grads.iter().map(|g| g.mapv(|v| v as f32)).collect();
+        let got32 = fisher_trace_per_parameter(
+            &i32s.iter().map(|a| a.view()).collect::<Vec<_>>(),
+            &g32s.iter().map(|g| g.view()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        // Each entry is rounded once (relative ε₃₂/2); a square doubles it.
+        assert!((got32 - want).abs() <= 4.0 * f64::from(f32::EPSILON) * want, "{got32} vs {want}");
+        // Lists that do not fit.
+        assert!(fisher_trace_per_parameter(&inputs[..inputs.len() - 1], &grads).is_err());
+        assert!(fisher_trace_per_parameter::<f64>(&[], &[]).is_err());
+        let short = x.slice(ndarray::s![..2, ..]);
+        let mut mixed = inputs.clone();
+        mixed[0] = short;
+        assert!(fisher_trace_per_parameter(&mixed, &grads).is_err());
+    }
+}
+
+/// With `lambda: None`, the first step sets λ₀ = tr(F)/P of its statistics
+/// batch (here the empirical Fisher on the whole batch, checked against
+/// per-example gradients) and γ₀ = √(λ₀ + η); from there the run is the
+/// run configured with that λ₀, bit for bit. A configured γ₀ is kept.
+#[test]
+fn the_automatic_initial_lambda_is_the_first_batch_trace() {
+    use kfac_nn::loss::FisherMode;
+    use kfac_nn::optim::{AdaptiveConfig, Optimizer, OptimizerConfig, OptimizerKind};
+    use kfac_nn::rng::Rng;
+    let sizes = [4, 6, 3];
+    let n = 24;
+    let x = Array2::from_shape_fn((n, 4), |(i, j)| ((i * 3 + j * 5) as f64 * 0.43).sin());
+    let t = Array2::from_shape_fn((n, 3), |(i, j)| if j == i % 3 { 1.0 } else { 0.0 });
+    let loss = Loss::SoftmaxCrossEntropy;
+    let la = la();
+    for kind in [OptimizerKind::Kfac, OptimizerKind::Ekfac] {
+        let mlp0 = Mlp::<f64>::new(&sizes, Activation::Tanh, Activation::Identity, Init::Glorot, 4, &[]).unwrap();
+        let config = |lambda, gamma| OptimizerConfig {
+            fisher: FisherMode::Empirical,
+            stats_fraction: 1.0,
+            adaptive: Some(AdaptiveConfig { lambda, gamma, ..Default::default() }),
+            ..OptimizerConfig::defaults(kind)
+        };
+        let run = |lambda, gamma| {
+            let mut mlp = mlp0.clone();
+            let mut opt = Optimizer::<f64>::new(config(lambda, gamma), &mlp).unwrap();
+            let mut rng = Rng::new(0);
+            let recs: Vec<_> = (0..12)
+                .map(|_| opt.step(&*la, &mut mlp, x.view(), t.view(), loss, &mut rng).unwrap().adaptive.unwrap())
+                .collect();
+            (recs, mlp)
+        };
+        let (auto, mlp_auto) = run(None, None);
+        let fwd = mlp0.forward(&*la, x.view(), &mut NoHook).unwrap();
+        let g_out = loss.grad(fwd.output(), t.view()).unwrap();
+        let per = per_example_gradients(&mlp0, x.view(), g_out.view());
+        let want = per.iter().map(|g| g.dot(g)).sum::<f64>() / (n * per[0].len()) as f64;
+        let l2 = config(None, None).l2;
+        assert!((auto[0].lambda - want).abs() <= 1e-12 * want, "{kind:?}: λ₀ = {} vs {want}", auto[0].lambda);
+        assert_eq!(auto[0].gamma, (auto[0].lambda + l2).sqrt());
+        let (fixed, mlp_fixed) = run(Some(auto[0].lambda), None);
+        assert_eq!(auto, fixed, "{kind:?}");
+        for (a, b) in mlp_auto.layers.iter().zip(&mlp_fixed.layers) {
+            assert_eq!(a.w, b.w);
+        }
+        let (given, _) = run(None, Some(0.5));
+        assert_eq!(given[0].gamma, 0.5);
+        assert_eq!(given[0].lambda, auto[0].lambda);
+    }
+}
+
+/// A first batch with a zero Fisher (zero inputs, zero biases, zero
+/// targets: every gradient vanishes) and no ℓ2 term leaves no initial
+/// damping: a configuration error, not a division by zero.
+#[test]
+fn a_zero_first_fisher_without_l2_is_an_error() {
+    use kfac_nn::loss::FisherMode;
+    use kfac_nn::optim::{AdaptiveConfig, Optimizer, OptimizerConfig, OptimizerKind};
+    use kfac_nn::rng::Rng;
+    let mut mlp = Mlp::<f64>::new(&[3, 4, 2], Activation::Tanh, Activation::Identity, Init::Glorot, 1, &[]).unwrap();
+    for layer in &mut mlp.layers {
+        let d_in = layer.w.ncols() - 1;
+        layer.w.column_mut(d_in).fill(0.0);
+    }
+    let (x, t) = (Array2::<f64>::zeros((5, 3)), Array2::<f64>::zeros((5, 2)));
+    let config = OptimizerConfig {
+        fisher: FisherMode::Empirical,
+        stats_fraction: 1.0,
+        l2: 0.0,
+        adaptive: Some(AdaptiveConfig { lambda: None, lambda_min: 0.0, ..Default::default() }),
+        ..OptimizerConfig::defaults(OptimizerKind::Kfac)
+    };
+    let mut opt = Optimizer::<f64>::new(config, &mlp).unwrap();
+    let err = opt.step(&*la(), &mut mlp, x.view(), t.view(), Loss::SquaredError, &mut Rng::new(0)).unwrap_err();
+    assert!(err.to_string().contains("no initial damping"), "{err}");
+}
+
+/// The Gram matrix of the quadratic model, from R-op passes alone, equals
+/// uᵢᵀ(F uⱼ) with F u from the backward-pass product (itself checked against
+/// the dense Fisher above), for every loss; it is symmetric.
+#[test]
+fn the_fisher_gram_matches_the_fisher_vector_products() {
+    use kfac_nn::curvature::fisher_gram;
+    for (loss, sizes, seed) in [
+        (Loss::SoftmaxCrossEntropy, &[3usize, 4, 3][..], 1u64),
+        (Loss::SigmoidCrossEntropy, &[3, 4, 2, 3][..], 2),
+        (Loss::SquaredError, &[2, 3, 2][..], 3),
+    ] {
+        let mlp = Mlp::<f64>::new(sizes, Activation::Tanh, Activation::Identity, Init::Glorot, seed, &[]).unwrap();
+        let x = Array2::from_shape_fn((7, sizes[0]), |(i, j)| ((i * 7 + j * 3 + seed as usize) as f64 * 0.37).sin());
+        let dir = |phase: f64| -> Vec<Array2<f64>> {
+            mlp.layers
+                .iter()
+                .enumerate()
+                .map(|(l, layer)| {
+                    Array2::from_shape_fn(layer.w.dim(), |(i, j)| ((i * 5 + j + 11 * l) as f64 * 0.91 + phase).cos())
+                })
+                .collect()
+        };
+        let (u, v) = (dir(0.0), dir(1.3));
+        let la = la();
+        let fwd = mlp.forward(&*la, x.view(), &mut NoHook).unwrap();
+        let g = fisher_gram(&*la, &mlp, &fwd, loss, &[&u, &v]).unwrap();
+        let fv = |w: &[Array2<f64>]| {
+            let views: Vec<_> = w.iter().map(|a| a.view()).collect();
+            flatten(&fisher_vector_product(&*la, &mlp, x.view(), loss, &views).unwrap())
+        };
+        let (fu, fvv) = (fv(&u), fv(&v));
+        let (uf, vf) = (flatten(&u), flatten(&v));
+        let want = [[uf.dot(&fu), uf.dot(&fvv)], [vf.dot(&fu), vf.dot(&fvv)]];
+        for i in 0..2 {
+            for j in 0..2 {
+                let scale = want[i][i].abs().max(want[j][j].abs());
+                assert!(
+                    (g[i][j] - want[i][j]).abs() <= 1e-12 * scale,
+                    "{loss:?} G[{i}][{j}] = {} vs {}",
+                    g[i][j],
+                    want[i][j]
+                );
+            }
+        }
+        assert_eq!(g[0][1], g[1][0]);
+        assert!(g[0][0] >= 0.0 && g[1][1] >= 0.0);
+    }
+}
+
+/// The optimizer's quadratic model uses the Fisher of the whole batch, not
+/// the statistics subset: at the first step (δ = αΔ, no momentum) the
+/// chosen α minimises M along δ, i.e. δᵀ(F + (λ + η)I)δ = −∇hᵀδ with F the
+/// whole batch's Fisher, while the subset's Fisher misses it.
+#[test]
+fn the_model_is_built_on_the_whole_batch() {
+    use kfac_nn::optim::{AdaptiveConfig, Optimizer, OptimizerConfig, OptimizerKind};
+    use kfac_nn::rng::Rng;
+    let sizes = [4, 6, 3];
+    let n = 16;
+    let x = Array2::from_shape_fn((n, 4), |(i, j)| ((i * 3 + j * 5) as f64 * 0.43).sin());
+    let t = Array2::from_shape_fn((n, 3), |(i, j)| if j == (i * 7) % 3 { 1.0 } else { 0.0 });
+    let loss = Loss::SoftmaxCrossEntropy;
+    let la = la();
+    for kind in [OptimizerKind::Kfac, OptimizerKind::Ekfac] {
+        let mlp0 = Mlp::<f64>::new(&sizes, Activation::Tanh, Activation::Identity, Init::Glorot, 6, &[]).unwrap();
+        let lambda = 0.5;
+        let config = OptimizerConfig {
+            stats_fraction: 0.25,
+            adaptive: Some(AdaptiveConfig { lambda: Some(lambda), ..Default::default() }),
+            ..OptimizerConfig::defaults(kind)
+        };
+        let l2 = config.l2;
+        let mut mlp = mlp0.clone();
+        let mut opt = Optimizer::<f64>::new(config, &mlp).unwrap();
+        opt.step(&*la, &mut mlp, x.view(), t.view(), loss, &mut Rng::new(0)).unwrap();
+        let delta: Vec<Array2<f64>> = mlp.layers.iter().zip(&mlp0.layers).map(|(a, b)| &a.w - &b.w).collect();
+        // ∇h at the start, with the ℓ2 term.
+        let fwd = mlp0.forward(&*la, x.view(), &mut NoHook).unwrap();
+        let g_out = loss.grad(fwd.output(), t.view()).unwrap();
+        let mut grad = mlp0.backward(&*la, &fwd, g_out.view(), true, &mut NoHook).unwrap();
+        for (g, layer) in grad.iter_mut().zip(&mlp0.layers) {
+            g.scaled_add(l2, &layer.w);
+        }
+        let d = flatten(&delta);
+        let curvature = |rows: usize| {
+            let views: Vec<_> = delta.iter().map(|a| a.view()).collect();
+            let xs = x.slice(ndarray::s![..rows, ..]);
+            d.dot(&flatten(&fisher_vector_product(&*la, &mlp0, xs, loss, &views).unwrap())) + (lambda + l2) * d.dot(&d)
+        };
+        let slope = -flatten(&grad).dot(&d);
+        let (whole, subset) = (curvature(n), curvature(n / 4));
+        assert!((whole - slope).abs() <= 1e-9 * slope, "{kind:?}: {whole} vs {slope}");
+        assert!((subset - slope).abs() > 1e-3 * slope, "{kind:?}: the subset's model would fit too: {subset}");
     }
 }

@@ -152,9 +152,12 @@ struct Common {
     /// `compare` can race them against adaptive K-FAC and EKFAC).
     #[arg(long)]
     adaptive: bool,
-    /// Adaptive: the initial lambda of the quadratic model.
-    #[arg(long, default_value_t = 150.0, requires = "adaptive")]
-    adaptive_lambda: f64,
+    /// Adaptive: the initial lambda of the quadratic model: a number (the
+    /// paper's 150), or "auto" for tr(F)/P, the mean eigenvalue of the
+    /// Fisher on the first batch (scale-free, but it can start too low: see
+    /// the README)
+    #[arg(long, default_value = "150", requires = "adaptive")]
+    adaptive_lambda: String,
     /// Adaptive: omega, the per-step factor of the damping rules.
     #[arg(long, default_value_t = 0.95, requires = "adaptive")]
     adaptive_omega: f64,
@@ -269,8 +272,16 @@ impl Common {
             o.structure = self.structure.into();
         }
         if self.adaptive && kind.is_curvature() {
+            let lambda = match self.adaptive_lambda.as_str() {
+                "auto" => None,
+                v => Some(v.parse::<f64>().map_err(|_| Error::Config {
+                    what: "adaptive-lambda",
+                    value: v.into(),
+                    why: "a non-negative number or \"auto\"".into(),
+                })?),
+            };
             o.adaptive = Some(AdaptiveConfig {
-                lambda: self.adaptive_lambda,
+                lambda,
                 omega: self.adaptive_omega,
                 t1: self.adaptive_t1,
                 t2: self.adaptive_t2,
