@@ -11,8 +11,14 @@
 //! R-operator of Pearlmutter, 1994: $J_n v$ for every example at once), the
 //! product $H_n (J_n v)$ in the output space, and one ordinary backward pass
 //! ($J_n^\top$). Its cost is about that of a forward and a backward pass.
-//! The products are what Martens & Grosse's step size, momentum and
-//! Levenberg–Marquardt damping are computed from (§6.4, §7).
+//!
+//! Martens & Grosse's step size, momentum and Levenberg–Marquardt damping
+//! (§6.4, §7) need only the quadratic forms $u^\top F v$ of two directions:
+//! [`fisher_gram`] computes them from the forward-mode passes alone
+//! ($\frac1N\sum_n (J_n u)^\top H_n (J_n v)$), and [`quadratic_step`] solves
+//! the model with them. [`fisher_trace_per_parameter`] gives
+//! $\operatorname{tr}(F)/P$ from the statistics hooks, for the scale-free
+//! initial damping.
 
 use kfac::LinAlg;
 use ndarray::{Array2, ArrayView2, Axis, Zip, s};
