@@ -1,7 +1,8 @@
 //! One step of each optimizer on the reference autoencoder
 //! (784-1000-500-250-30-250-500-1000-784, batch 1000, f32, faer on all
 //! cores), grouped as `step/<optimizer>-faer` (`kfac-tridiagonal`: K-FAC with
-//! the block-tridiagonal structure). K-FAC and EKFAC keep their
+//! the block-tridiagonal structure; `-adaptive`: Martens & Grosse's step
+//! size, momentum and damping with the paper's defaults). K-FAC and EKFAC keep their
 //! state across iterations, so their refreshes (every 20 steps) are part of
 //! the measured mean; the race (`kfac-bench race`) reports the same ratio
 //! amortised over a whole run.
@@ -12,7 +13,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kfac_nn::backend::{Backend, Scalar};
-use kfac_nn::optim::{BlockStructure, Optimizer, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{AdaptiveConfig, BlockStructure, Optimizer, OptimizerConfig, OptimizerKind};
 use kfac_nn::rng::Rng;
 use kfac_nn::train::{Task, TaskKind};
 
@@ -28,12 +29,16 @@ fn step(c: &mut Criterion) {
     g.sample_size(20);
     let tridiagonal =
         OptimizerConfig { structure: BlockStructure::Tridiagonal, ..OptimizerConfig::defaults(OptimizerKind::Kfac) };
+    let adaptive =
+        |kind| OptimizerConfig { adaptive: Some(AdaptiveConfig::default()), ..OptimizerConfig::defaults(kind) };
     for (name, config) in [
         ("sgd", OptimizerConfig::defaults(OptimizerKind::Sgd)),
         ("adam", OptimizerConfig::defaults(OptimizerKind::Adam)),
         ("kfac", OptimizerConfig::defaults(OptimizerKind::Kfac)),
         ("kfac-tridiagonal", tridiagonal),
         ("ekfac", OptimizerConfig::defaults(OptimizerKind::Ekfac)),
+        ("kfac-adaptive", adaptive(OptimizerKind::Kfac)),
+        ("ekfac-adaptive", adaptive(OptimizerKind::Ekfac)),
     ] {
         let mut mlp = task.network::<f32>(0).unwrap();
         let mut opt = Optimizer::new(config, &mlp).unwrap();

@@ -64,7 +64,7 @@ impl RaceConfig {
     }
 
     /// The quick race of `cargo xtask bench --quick`: the same with 100
-    /// steps and without the adaptive variants (which cost 1.6 K-FAC steps
+    /// steps and without the adaptive variants (which cost about 2 K-FAC steps
     /// per step), so that it stays under 10 minutes.
     pub fn quick() -> Self {
         Self { steps: 100, adaptive: false, ..Self::full() }

@@ -209,7 +209,7 @@ pub struct AdaptiveConfig {
     /// the rule raises $\lambda$ by only $\omega^{-t_1} \approx 1.29$ per
     /// `t1` steps. On the reference autoencoder ($\lambda_0 \approx 12$) it
     /// beats 150 for K-FAC and EKFAC; on the digits classifier
-    /// ($\lambda_0 \approx 0.014$) adaptive EKFAC diverges from it (README,
+    /// ($\lambda_0 \approx 0.012$) adaptive EKFAC diverges from it (README,
     /// "Adaptive K-FAC and EKFAC").
     ///
     /// [`fisher_trace_per_parameter`]: crate::curvature::fisher_trace_per_parameter
