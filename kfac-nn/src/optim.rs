@@ -227,6 +227,17 @@ pub struct AdaptiveConfig {
     pub lambda_max: f64,
     /// The initial $\gamma$; `None`: $\sqrt{\lambda_0 + \eta}$, as in the paper.
     pub gamma: Option<f64>,
+    /// Reject steps that raise the objective (off by default, as in the
+    /// paper). With it, $h(\theta + \delta)$ is measured on the batch at
+    /// every step (one more forward pass); a step with
+    /// $h(\theta + \delta) > h(\theta)$ is undone, the previous update is
+    /// forgotten (the next step has no momentum term) and $\lambda$ is divided
+    /// by $\omega^{t_1}$ at once, as the Levenberg–Marquardt rule would at its
+    /// next check. $\lambda$ still follows [`levenberg_marquardt`] every `t1`
+    /// steps. Martens & Grosse's rule never rejects; without rejection a
+    /// classifier whose loss nears zero can blow up (README).
+    #[serde(default)]
+    pub reject: bool,
 }
 
 // The serde default of `AdaptiveConfig::lambda`.
@@ -247,6 +258,7 @@ impl Default for AdaptiveConfig {
             lambda_min: 1e-8,
             lambda_max: 1e8,
             gamma: None,
+            reject: false,
         }
     }
 }
@@ -408,8 +420,12 @@ pub struct AdaptiveRecord {
     pub mu: f64,
     /// $M(\delta) - M(0)$.
     pub model_change: f64,
-    /// The reduction ratio, on the steps where it is measured.
+    /// The reduction ratio, on the steps where it is measured (every `t1`
+    /// steps; every step with [`AdaptiveConfig::reject`]).
     pub rho: Option<f64>,
+    /// Whether the step was undone ([`AdaptiveConfig::reject`]).
+    #[serde(default)]
+    pub rejected: bool,
 }
 
 fn damping_schedule(kind: DampingChoice, lambda: f64) -> DampingSchedule {
@@ -804,24 +820,38 @@ impl<T: Scalar> Optimizer<T> {
                                 .sum::<f64>()
                     };
                     let rho_due = (ad.steps + 1).is_multiple_of(acfg.t1);
-                    let h_before = if rho_due { value + half_l2_norm(mlp) } else { f64::NAN };
+                    let measure = rho_due || acfg.reject;
+                    let h_before = if measure { value + half_l2_norm(mlp) } else { f64::NAN };
+                    let saved: Option<Vec<Array2<T>>> =
+                        acfg.reject.then(|| mlp.layers.iter().map(|l| l.w.clone()).collect());
                     for ((layer, v), d) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(step) {
                         layer.w += &d;
                         *v = d;
                     }
                     let lambda_used = ad.lambda;
+                    let omega1 = acfg.omega.powi(acfg.t1 as i32);
                     let mut rho = None;
-                    if rho_due {
+                    let mut rejected = false;
+                    if measure {
                         let after = mlp.forward(la, x, &mut NoHook)?;
                         let h_after = loss.value(after.output(), t)? + half_l2_norm(mlp);
                         let r = reduction_ratio(h_before, h_after, m.model_change);
-                        ad.lambda = levenberg_marquardt(
-                            ad.lambda,
-                            r,
-                            acfg.omega.powi(acfg.t1 as i32),
-                            acfg.lambda_min,
-                            acfg.lambda_max,
-                        );
+                        if rho_due {
+                            ad.lambda = levenberg_marquardt(ad.lambda, r, omega1, acfg.lambda_min, acfg.lambda_max);
+                        }
+                        // A rise (or a non-finite value) undoes the step.
+                        if let Some(old) = saved
+                            && (h_after.is_nan() || h_after > h_before)
+                        {
+                            for ((layer, v), w) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(old) {
+                                layer.w = w;
+                                v.fill(T::zero());
+                            }
+                            if !rho_due {
+                                ad.lambda = (ad.lambda / omega1).clamp(acfg.lambda_min, acfg.lambda_max);
+                            }
+                            rejected = true;
+                        }
                         rho = Some(r);
                     }
                     ad.gamma = gamma;
@@ -833,6 +863,7 @@ impl<T: Scalar> Optimizer<T> {
                         mu: m.mu,
                         model_change: m.model_change,
                         rho,
+                        rejected,
                     });
                 } else {
                     let mut deltas = pre.precondition(la, &views)?;

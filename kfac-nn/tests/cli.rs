@@ -300,6 +300,20 @@ fn adaptive_runs_record_their_numbers() {
     assert!(m["config"]["optimizer"]["adaptive"]["lambda"].is_null());
     let l0 = m["steps"][0]["adaptive"]["lambda"].as_f64().unwrap();
     assert!(l0 > 0.0 && l0 < 150.0, "{l0}");
+    // --adaptive-reject: ρ is measured at every step, and each step says
+    // whether it was undone.
+    let st = kfac()
+        .args(["train", "--task", "classifier", "--optimizer", "ekfac", "--adaptive", "--steps", "6", "--quiet"])
+        .arg("--adaptive-reject")
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let m = metrics(&out);
+    assert_eq!(m["config"]["optimizer"]["adaptive"]["reject"], true);
+    let steps = m["steps"].as_array().unwrap();
+    assert!(steps.iter().all(|s| s["adaptive"]["rho"].is_number() && s["adaptive"]["rejected"].is_boolean()));
     let st = kfac()
         .args(["train", "--task", "classifier", "--optimizer", "kfac", "--adaptive", "--adaptive-lambda", "big"])
         .output()

@@ -541,3 +541,65 @@ fn the_model_is_built_on_the_whole_batch() {
         assert!((subset - slope).abs() > 1e-3 * slope, "{kind:?}: the subset's model would fit too: {subset}");
     }
 }
+
+/// With `reject`, an adaptive run on one fixed batch never raises the
+/// objective: every step either lowers h on the batch or is undone (and
+/// the next step then has no momentum term). λ₀ is set low so that the
+/// model over-reaches and some steps are rejected; without `reject` the
+/// same run does raise the objective, so the invariant is not vacuous.
+#[test]
+fn rejected_steps_never_raise_the_objective() {
+    use kfac_nn::optim::{AdaptiveConfig, Optimizer, OptimizerConfig, OptimizerKind};
+    use kfac_nn::rng::Rng;
+    let (n, d, k) = (48, 6, 4);
+    let x = Array2::from_shape_fn((n, d), |(i, j)| ((i * 3 + j * 5) as f64 * 0.43).sin() * 2.0);
+    let t = Array2::from_shape_fn((n, k), |(i, j)| if j == (i * 7 + i / 5) % k { 1.0 } else { 0.0 });
+    let loss = Loss::SoftmaxCrossEntropy;
+    let la = la();
+    for kind in [OptimizerKind::Kfac, OptimizerKind::Ekfac] {
+        let run = |reject: bool| {
+            let mut mlp =
+                Mlp::<f64>::new(&[d, 16, k], Activation::Tanh, Activation::Identity, Init::Glorot, 2, &[]).unwrap();
+            let config = OptimizerConfig {
+                adaptive: Some(AdaptiveConfig { lambda: Some(1e-6), gamma: Some(1e-3), reject, ..Default::default() }),
+                ..OptimizerConfig::defaults(kind)
+            };
+            let l2 = config.l2;
+            let h = |mlp: &Mlp<f64>| {
+                let out = outputs(mlp, x.view());
+                loss.value(out.view(), t.view()).unwrap()
+                    + 0.5 * l2 * mlp.layers.iter().map(|l| l.w.mapv(|w| w * w).sum()).sum::<f64>()
+            };
+            let mut opt = Optimizer::<f64>::new(config, &mlp).unwrap();
+            let mut rng = Rng::new(0);
+            let (mut rises, mut rejected) = (0, 0);
+            let mut last_rejected = false;
+            for _ in 0..150 {
+                let before = h(&mlp);
+                let r = opt.step(&*la, &mut mlp, x.view(), t.view(), loss, &mut rng).unwrap();
+                let a = r.adaptive.unwrap();
+                if last_rejected {
+                    assert_eq!(a.mu, 0.0, "{kind:?}: momentum after a rejected step");
+                }
+                let after = h(&mlp);
+                if after > before {
+                    rises += 1;
+                }
+                if a.rejected {
+                    rejected += 1;
+                    assert_eq!(after, before, "{kind:?}: a rejected step changed the weights");
+                    assert!(a.rho.is_some_and(|r| r < 0.0 || r.is_nan()), "{kind:?}: rejected with rho {:?}", a.rho);
+                }
+                last_rejected = a.rejected;
+            }
+            (rises, rejected, h(&mlp))
+        };
+        let (rises, rejected, end) = run(true);
+        assert_eq!(rises, 0, "{kind:?}");
+        assert!(rejected > 0, "{kind:?}: no step was rejected, the test does not exercise rejection");
+        let (rises_without, rejected_without, _) = run(false);
+        assert_eq!(rejected_without, 0);
+        assert!(rises_without > 0, "{kind:?}: without rejection no step raised the objective");
+        assert!(end.is_finite());
+    }
+}

@@ -170,6 +170,10 @@ struct Common {
     /// Adaptive: the initial gamma (default: sqrt(lambda + l2)).
     #[arg(long, requires = "adaptive")]
     adaptive_gamma: Option<f64>,
+    /// Adaptive: undo any step that raises the batch objective (one more
+    /// forward pass per step; off in the paper)
+    #[arg(long, requires = "adaptive")]
+    adaptive_reject: bool,
     /// Adaptive: bounds of lambda, "MIN,MAX".
     #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1e-8, 1e8], requires = "adaptive")]
     adaptive_bounds: Vec<f64>,
@@ -281,6 +285,7 @@ impl Common {
                 })?),
             };
             o.adaptive = Some(AdaptiveConfig {
+                reject: self.adaptive_reject,
                 lambda,
                 omega: self.adaptive_omega,
                 t1: self.adaptive_t1,
