@@ -227,15 +227,18 @@ pub struct AdaptiveConfig {
     pub lambda_max: f64,
     /// The initial $\gamma$; `None`: $\sqrt{\lambda_0 + \eta}$, as in the paper.
     pub gamma: Option<f64>,
-    /// Reject steps that raise the objective (off by default, as in the
-    /// paper). With it, $h(\theta + \delta)$ is measured on the batch at
-    /// every step (one more forward pass); a step with
-    /// $h(\theta + \delta) > h(\theta)$ is undone, the previous update is
-    /// forgotten (the next step has no momentum term) and $\lambda$ is divided
-    /// by $\omega^{t_1}$ at once, as the Levenberg–Marquardt rule would at its
-    /// next check. $\lambda$ still follows [`levenberg_marquardt`] every `t1`
-    /// steps. Martens & Grosse's rule never rejects; without rejection a
-    /// classifier whose loss nears zero can blow up (README).
+    /// Reject steps that raise the objective (on by default; our addition
+    /// to the paper, whose rule never rejects). $h(\theta + \delta)$ is then
+    /// measured on the batch at every step (one more forward pass); a step
+    /// with $h(\theta + \delta) > h(\theta)$ is undone, the previous update
+    /// is forgotten (the next step has no momentum term) and $\lambda$ is
+    /// divided by $\omega^{t_1}$ at once, as the Levenberg–Marquardt rule
+    /// would at its next check. $\lambda$ still follows
+    /// [`levenberg_marquardt`] every `t1` steps, so a run in which no step
+    /// raises the objective is the paper's run exactly. Without rejection a
+    /// classifier whose loss nears zero can blow up (README). A
+    /// configuration saved before this field existed reads as `false`, the
+    /// behaviour of those versions.
     #[serde(default)]
     pub reject: bool,
 }
@@ -248,7 +251,8 @@ fn paper_lambda() -> Option<f64> {
 
 impl Default for AdaptiveConfig {
     /// The paper's choices: $\lambda_0 = 150$, $\omega = 19/20$, $T_1 = 5$,
-    /// $T_2 = 20$, $\gamma_0 = \sqrt{\lambda_0 + \eta}$; $\lambda \in [10^{-8}, 10^{8}]$.
+    /// $T_2 = 20$, $\gamma_0 = \sqrt{\lambda_0 + \eta}$; $\lambda \in [10^{-8}, 10^{8}]$;
+    /// and rejected steps ([`reject`](Self::reject)).
     fn default() -> Self {
         Self {
             lambda: paper_lambda(),
@@ -258,7 +262,7 @@ impl Default for AdaptiveConfig {
             lambda_min: 1e-8,
             lambda_max: 1e8,
             gamma: None,
-            reject: false,
+            reject: true,
         }
     }
 }

@@ -268,7 +268,7 @@ fn adaptive_runs_record_their_numbers() {
     let out = tempdir("adaptive");
     let st = kfac()
         .args(["train", "--task", "classifier", "--optimizer", "ekfac", "--adaptive", "--steps", "10", "--quiet"])
-        .args(["--adaptive-lambda", "10", "--adaptive-t1", "2"])
+        .args(["--adaptive-lambda", "10", "--adaptive-t1", "2", "--adaptive-reject", "false"])
         .arg("--out")
         .arg(&out)
         .output()
@@ -276,6 +276,7 @@ fn adaptive_runs_record_their_numbers() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let m = metrics(&out);
     assert_eq!(m["config"]["optimizer"]["adaptive"]["lambda"], 10.0);
+    assert_eq!(m["config"]["optimizer"]["adaptive"]["reject"], false);
     let steps = m["steps"].as_array().unwrap();
     for key in ["lambda", "gamma", "alpha", "mu", "model_change"] {
         assert!(steps.iter().all(|s| s["adaptive"][key].is_number()), "{key}");
@@ -300,11 +301,10 @@ fn adaptive_runs_record_their_numbers() {
     assert!(m["config"]["optimizer"]["adaptive"]["lambda"].is_null());
     let l0 = m["steps"][0]["adaptive"]["lambda"].as_f64().unwrap();
     assert!(l0 > 0.0 && l0 < 150.0, "{l0}");
-    // --adaptive-reject: ρ is measured at every step, and each step says
-    // whether it was undone.
+    // By default (--adaptive-reject true) ρ is measured at every step, and
+    // each step says whether it was undone.
     let st = kfac()
         .args(["train", "--task", "classifier", "--optimizer", "ekfac", "--adaptive", "--steps", "6", "--quiet"])
-        .arg("--adaptive-reject")
         .arg("--out")
         .arg(&out)
         .output()

@@ -275,6 +275,14 @@ fn adaptive_configurations_are_checked() {
     ] {
         assert!(with(OptimizerKind::Ekfac, bad.clone()).validate().is_err(), "{bad:?}");
     }
+    // A configuration written before `reject` existed (and with a numeric
+    // λ₀) reads as those versions behaved: no rejection, λ₀ as written.
+    let old = r#"{"lambda":150.0,"omega":0.95,"t1":5,"t2":20,"lambda_min":1e-8,"lambda_max":1e8,"gamma":null}"#;
+    let a: AdaptiveConfig = serde_json::from_str(old).unwrap();
+    assert_eq!(a, AdaptiveConfig { reject: false, ..Default::default() });
+    assert!(AdaptiveConfig::default().reject);
+    let auto: AdaptiveConfig = serde_json::from_str(&old.replace("150.0", "null")).unwrap();
+    assert_eq!(auto.lambda, None);
 }
 
 /// Adaptive K-FAC and EKFAC train the digits classifier with the true and
@@ -290,7 +298,8 @@ fn adaptive_training_works_with_both_fishers() {
                 TaskKind::Classifier,
                 OptimizerConfig {
                     fisher,
-                    adaptive: Some(AdaptiveConfig::default()),
+                    // The paper's rule: ρ only every T₁ steps.
+                    adaptive: Some(AdaptiveConfig { reject: false, ..Default::default() }),
                     ..OptimizerConfig::defaults(kind)
                 },
             );

@@ -171,8 +171,9 @@ struct Common {
     #[arg(long, requires = "adaptive")]
     adaptive_gamma: Option<f64>,
     /// Adaptive: undo any step that raises the batch objective (one more
-    /// forward pass per step; off in the paper)
-    #[arg(long, requires = "adaptive")]
+    /// forward pass per step); "false" gives Martens & Grosse's rule, which
+    /// never rejects
+    #[arg(long, requires = "adaptive", default_value_t = true, action = clap::ArgAction::Set)]
     adaptive_reject: bool,
     /// Adaptive: bounds of lambda, "MIN,MAX".
     #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1e-8, 1e8], requires = "adaptive")]
