@@ -189,6 +189,8 @@ pub struct OptimizerConfig {
 /// factors get $\pi\gamma$ and $\gamma/\pi$), kept separate from $\lambda$; every
 /// `t2` steps $\gamma$ is chosen greedily among $\{\omega_2\gamma, \gamma, \gamma/\omega_2\}$,
 /// $\omega_2 = \sqrt{\omega}^{\,t_2}$, as the one whose step has the lowest $M$.
+/// By default a step that raises the batch objective is undone
+/// ([`reject`](Self::reject), our addition to the paper).
 /// The learning rate, momentum and KL clip of the configuration are not used.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdaptiveConfig {
