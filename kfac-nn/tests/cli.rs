@@ -17,6 +17,14 @@ fn metrics(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
 }
 
+/// Runs `kfac` with the argument groups `args` and `--out <out>`, which
+/// must succeed, and reads its metrics.json.
+fn run_ok(args: &[&[&str]], out: &Path) -> serde_json::Value {
+    let st = kfac().args(args.concat()).arg("--out").arg(out).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    metrics(out)
+}
+
 fn losses(m: &serde_json::Value) -> Vec<f64> {
     m["steps"].as_array().unwrap().iter().map(|s| s["loss"].as_f64().unwrap()).collect()
 }
@@ -24,14 +32,10 @@ fn losses(m: &serde_json::Value) -> Vec<f64> {
 #[test]
 fn train_writes_metrics_csv_and_plot() {
     let out = tempdir("train");
-    let st = kfac()
-        .args(["train", "--task", "classifier", "--optimizer", "kfac", "--steps", "12", "--eval-every", "5", "--quiet"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    let m = metrics(&out);
+    let m = run_ok(
+        &[&["train", "--task", "classifier", "--optimizer", "kfac", "--steps", "12", "--eval-every", "5", "--quiet"]],
+        &out,
+    );
     assert_eq!(m["config"]["optimizer"]["kind"], "kfac");
     assert_eq!(m["config"]["optimizer"]["fisher"], "true");
     assert_eq!(losses(&m).len(), 12);
@@ -136,14 +140,7 @@ fn bad_input_gives_a_clear_error_and_nonzero_exit() {
 #[test]
 fn ekfac_trains_on_the_nalgebra_backend_in_f32() {
     let out = tempdir("nalgebra");
-    let st = kfac()
-        .args(["train", "--task", "classifier", "--backend", "nalgebra", "--steps", "12", "--quiet"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    let m = metrics(&out);
+    let m = run_ok(&[&["train", "--task", "classifier", "--backend", "nalgebra", "--steps", "12", "--quiet"]], &out);
     assert!(losses(&m).iter().all(|l| l.is_finite()));
     assert!(m["final_loss"].as_f64().unwrap() < losses(&m)[0]);
     std::fs::remove_dir_all(&out).unwrap();
@@ -266,15 +263,13 @@ fn bad_checkpoints_are_clear_errors() {
 #[test]
 fn adaptive_runs_record_their_numbers() {
     let out = tempdir("adaptive");
-    let st = kfac()
-        .args(["train", "--task", "classifier", "--optimizer", "ekfac", "--adaptive", "--steps", "10", "--quiet"])
-        .args(["--adaptive-lambda", "10", "--adaptive-t1", "2", "--adaptive-reject", "false"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    let m = metrics(&out);
+    let m = run_ok(
+        &[
+            &["train", "--task", "classifier", "--optimizer", "ekfac", "--adaptive", "--steps", "10", "--quiet"],
+            &["--adaptive-lambda", "10", "--adaptive-t1", "2", "--adaptive-reject", "false"],
+        ],
+        &out,
+    );
     assert_eq!(m["config"]["optimizer"]["adaptive"]["lambda"], 10.0);
     assert_eq!(m["config"]["optimizer"]["adaptive"]["reject"], false);
     let steps = m["steps"].as_array().unwrap();
@@ -289,28 +284,22 @@ fn adaptive_runs_record_their_numbers() {
     // "auto": λ₀ = tr(F)/P of the first batch, recorded as null in the
     // configuration and as a number at every step; a word that is not a
     // number or "auto" is a readable error.
-    let st = kfac()
-        .args(["train", "--task", "classifier", "--optimizer", "kfac", "--adaptive", "--steps", "5", "--quiet"])
-        .args(["--adaptive-lambda", "auto"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    let m = metrics(&out);
+    let m = run_ok(
+        &[
+            &["train", "--task", "classifier", "--optimizer", "kfac", "--adaptive", "--steps", "5", "--quiet"],
+            &["--adaptive-lambda", "auto"],
+        ],
+        &out,
+    );
     assert!(m["config"]["optimizer"]["adaptive"]["lambda"].is_null());
     let l0 = m["steps"][0]["adaptive"]["lambda"].as_f64().unwrap();
     assert!(l0 > 0.0 && l0 < 150.0, "{l0}");
     // By default (--adaptive-reject true) ρ is measured at every step, and
     // each step says whether it was undone.
-    let st = kfac()
-        .args(["train", "--task", "classifier", "--optimizer", "ekfac", "--adaptive", "--steps", "6", "--quiet"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    let m = metrics(&out);
+    let m = run_ok(
+        &[&["train", "--task", "classifier", "--optimizer", "ekfac", "--adaptive", "--steps", "6", "--quiet"]],
+        &out,
+    );
     assert_eq!(m["config"]["optimizer"]["adaptive"]["reject"], true);
     let steps = m["steps"].as_array().unwrap();
     assert!(steps.iter().all(|s| s["adaptive"]["rho"].is_number() && s["adaptive"]["rejected"].is_boolean()));
@@ -327,15 +316,13 @@ fn adaptive_runs_record_their_numbers() {
 #[test]
 fn tridiagonal_kfac_on_the_command_line() {
     let out = tempdir("tridiagonal");
-    let st = kfac()
-        .args(["train", "--task", "classifier", "--optimizer", "kfac", "--structure", "tridiagonal"])
-        .args(["--steps", "15", "--quiet"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    let m = metrics(&out);
+    let m = run_ok(
+        &[
+            &["train", "--task", "classifier", "--optimizer", "kfac", "--structure", "tridiagonal"],
+            &["--steps", "15", "--quiet"],
+        ],
+        &out,
+    );
     assert_eq!(m["config"]["optimizer"]["structure"], "tridiagonal");
     let l = losses(&m);
     assert!(l.last().unwrap() < &l[0], "{l:?}");
