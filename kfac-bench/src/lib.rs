@@ -8,6 +8,8 @@
 //!   [`criterion_summary`] gathers their medians into one table.
 //! - [`race`]: the optimizer race on the MNIST autoencoder.
 //! - [`fidelity`]: the exact Fisher blocks against K-FAC and EKFAC.
+//! - [`defaults`]: the study that chose the adaptive machinery's defaults
+//!   on problems other than the race.
 //! - [`soak`]: 10,000 EKFAC steps with damping $10^{-8}$, and the health
 //!   report of the numerical safeguards.
 //!
@@ -18,6 +20,7 @@ use kfac_core::{LayerBatch, LayerShape, Real};
 use ndarray::Array2;
 
 pub mod criterion_summary;
+pub mod defaults;
 pub mod fidelity;
 pub mod race;
 pub mod soak;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kfac_bench::{criterion_summary, fidelity, race, soak};
+use kfac_bench::{criterion_summary, defaults, fidelity, race, soak};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -61,6 +61,14 @@ enum Command {
         /// Tikhonov damping.
         #[arg(long, default_value_t = 1e-8)]
         damping: f64,
+        /// Output directory.
+        #[arg(long, default_value = "target/kfac-bench")]
+        out: PathBuf,
+    },
+    /// The study that chooses the adaptive defaults (omega and the initial
+    /// lambda) on problems other than the race (72 runs, about 25 minutes on
+    /// 2 cores): defaults.json, defaults.md.
+    AdaptiveDefaults {
         /// Output directory.
         #[arg(long, default_value = "target/kfac-bench")]
         out: PathBuf,
@@ -131,6 +139,24 @@ fn run(cli: Cli) -> kfac_nn::Result<()> {
                 });
             }
             println!("wrote {} (soak.json, soak.md, soak.safetensors)", out.display());
+        }
+        Command::AdaptiveDefaults { out } => {
+            let config = defaults::DefaultsConfig::protocol();
+            let study = defaults::run(&config, &mut |r| {
+                eprintln!(
+                    "adaptive-defaults: {:<20} {:<6} seed {} {:<34} score {:10.4} final {:10.4}{}",
+                    r.problem,
+                    r.optimizer.name(),
+                    r.seed,
+                    r.candidate,
+                    r.score,
+                    r.final_loss,
+                    r.error.as_deref().map_or(String::new(), |e| format!(" failed: {e}"))
+                )
+            })?;
+            defaults::write(&out, &study)?;
+            print!("{}", defaults::table(&study));
+            println!("wrote {} (defaults.json, defaults.md)", out.display());
         }
         Command::Summary { criterion, out } => {
             let n = criterion_summary::write(&criterion, &out)?;
