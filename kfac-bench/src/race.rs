@@ -43,7 +43,7 @@ pub struct RaceConfig {
     /// Target losses besides SGD's and Adam's final ones.
     pub fixed_targets: Vec<f64>,
     /// Whether K-FAC and EKFAC also run with the adaptive step size,
-    /// momentum and damping of Martens & Grosse (their defaults, true Fisher).
+    /// momentum and damping of Martens & Grosse ([`AdaptiveConfig::default`], true Fisher).
     #[serde(default)]
     pub adaptive: bool,
 }

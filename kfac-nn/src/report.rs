@@ -119,7 +119,18 @@ pub fn plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(|e| err(&e))?;
-        let palette = [&BLUE, &RED, &GREEN, &MAGENTA, &CYAN, &BLACK, &RGBColor(255, 140, 0), &RGBColor(128, 0, 128)];
+        let palette = [
+            &BLUE,
+            &RED,
+            &GREEN,
+            &MAGENTA,
+            &CYAN,
+            &BLACK,
+            &RGBColor(255, 140, 0),
+            &RGBColor(128, 0, 128),
+            &RGBColor(139, 69, 19),
+            &RGBColor(128, 128, 128),
+        ];
         for (i, (name, s)) in series.iter().enumerate() {
             let color = palette[i % palette.len()];
             let pts: Vec<(f64, f64)> = s.iter().copied().filter(|p| finite(p.1)).collect();

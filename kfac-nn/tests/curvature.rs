@@ -279,8 +279,16 @@ fn adaptive_configurations_are_checked() {
     // λ₀) reads as those versions behaved: no rejection, λ₀ as written.
     let old = r#"{"lambda":150.0,"omega":0.95,"t1":5,"t2":20,"lambda_min":1e-8,"lambda_max":1e8,"gamma":null}"#;
     let a: AdaptiveConfig = serde_json::from_str(old).unwrap();
-    assert_eq!(a, AdaptiveConfig { reject: false, ..Default::default() });
-    assert!(AdaptiveConfig::default().reject);
+    assert_eq!(a, AdaptiveConfig::paper());
+    // One written before λ₀ could be automatic has no `lambda`: 150, the
+    // default of those versions.
+    let older: AdaptiveConfig = serde_json::from_str(&old.replace(r#""lambda":150.0,"#, "")).unwrap();
+    assert_eq!(older, AdaptiveConfig::paper());
+    // Today's defaults: the study's choice (automatic λ₀, ω = 9/10) with rejection.
+    let d = AdaptiveConfig::default();
+    assert_eq!((d.lambda, d.omega, d.t1, d.t2, d.gamma, d.reject), (None, 0.9, 5, 20, None, true));
+    let p = AdaptiveConfig::paper();
+    assert_eq!((p.lambda, p.omega, p.t1, p.t2, p.gamma, p.reject), (Some(150.0), 0.95, 5, 20, None, false));
     let auto: AdaptiveConfig = serde_json::from_str(&old.replace("150.0", "null")).unwrap();
     assert_eq!(auto.lambda, None);
 }
@@ -298,8 +306,8 @@ fn adaptive_training_works_with_both_fishers() {
                 TaskKind::Classifier,
                 OptimizerConfig {
                     fisher,
-                    // The paper's rule: ρ only every T₁ steps.
-                    adaptive: Some(AdaptiveConfig { reject: false, ..Default::default() }),
+                    // The paper's rule and values: ρ only every T₁ steps.
+                    adaptive: Some(AdaptiveConfig::paper()),
                     ..OptimizerConfig::defaults(kind)
                 },
             );

@@ -152,14 +152,14 @@ struct Common {
     /// `compare` can race them against adaptive K-FAC and EKFAC).
     #[arg(long)]
     adaptive: bool,
-    /// Adaptive: the initial lambda of the quadratic model: a number (the
-    /// paper's 150), or "auto" for tr(F)/P, the mean eigenvalue of the
-    /// Fisher on the first batch (scale-free, but it can start too low: see
-    /// the README)
-    #[arg(long, default_value = "150", requires = "adaptive")]
+    /// Adaptive: the initial lambda of the quadratic model: "auto" for
+    /// tr(F)/P, the mean eigenvalue of the Fisher on the first batch
+    /// (scale-free), or a number (the paper's 150)
+    #[arg(long, default_value = "auto", requires = "adaptive")]
     adaptive_lambda: String,
-    /// Adaptive: omega, the per-step factor of the damping rules.
-    #[arg(long, default_value_t = 0.95, requires = "adaptive")]
+    /// Adaptive: omega, the per-step factor of the damping rules (kfac-jax's
+    /// 0.9; the paper's is 0.95).
+    #[arg(long, default_value_t = 0.9, requires = "adaptive")]
     adaptive_omega: f64,
     /// Adaptive: adjust lambda every T1 steps.
     #[arg(long, default_value_t = 5, requires = "adaptive")]
