@@ -243,7 +243,9 @@ pub struct AdaptiveConfig {
     /// would at its next check. $\lambda$ still follows
     /// [`levenberg_marquardt`] every `t1` steps, so a run in which no step
     /// raises the objective is the paper's run exactly. Without rejection a
-    /// classifier whose loss nears zero can blow up (README). A
+    /// classifier whose loss nears zero can blow up, and a run from the
+    /// default automatic $\lambda_0$ can diverge at its first steps
+    /// (README). A
     /// configuration saved before this field existed reads as `false`, the
     /// behaviour of those versions.
     #[serde(default)]

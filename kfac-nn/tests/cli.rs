@@ -295,12 +295,17 @@ fn adaptive_runs_record_their_numbers() {
     let l0 = m["steps"][0]["adaptive"]["lambda"].as_f64().unwrap();
     assert!(l0 > 0.0 && l0 < 150.0, "{l0}");
     // By default (--adaptive-reject true) ρ is measured at every step, and
-    // each step says whether it was undone.
+    // each step says whether it was undone. The defaults are the study's:
+    // the automatic λ₀ (the same as "auto" above, on the same first batch)
+    // and ω = 0.9.
     let m = run_ok(
-        &[&["train", "--task", "classifier", "--optimizer", "ekfac", "--adaptive", "--steps", "6", "--quiet"]],
+        &[&["train", "--task", "classifier", "--optimizer", "kfac", "--adaptive", "--steps", "6", "--quiet"]],
         &out,
     );
     assert_eq!(m["config"]["optimizer"]["adaptive"]["reject"], true);
+    assert!(m["config"]["optimizer"]["adaptive"]["lambda"].is_null());
+    assert_eq!(m["config"]["optimizer"]["adaptive"]["omega"], 0.9);
+    assert_eq!(m["steps"][0]["adaptive"]["lambda"].as_f64().unwrap(), l0);
     let steps = m["steps"].as_array().unwrap();
     assert!(steps.iter().all(|s| s["adaptive"]["rho"].is_number() && s["adaptive"]["rejected"].is_boolean()));
     let st = kfac()

@@ -172,7 +172,8 @@ struct Common {
     adaptive_gamma: Option<f64>,
     /// Adaptive: undo any step that raises the batch objective (one more
     /// forward pass per step); "false" gives Martens & Grosse's rule, which
-    /// never rejects
+    /// never rejects (pair it with their --adaptive-lambda 150: from the
+    /// automatic lambda it can diverge, see the README)
     #[arg(long, requires = "adaptive", default_value_t = true, action = clap::ArgAction::Set)]
     adaptive_reject: bool,
     /// Adaptive: bounds of lambda, "MIN,MAX".
