@@ -3,7 +3,8 @@
 //! cores), grouped as `step/<optimizer>-faer` (`kfac-tridiagonal`: K-FAC with
 //! the block-tridiagonal structure; `-adaptive`: Martens & Grosse's step
 //! size, momentum and damping with our defaults, rejected steps included;
-//! `-paper`: the paper's rule and values, without rejection). K-FAC and EKFAC keep their
+//! `-noreject`: the same without rejection; `-paper`: the paper's rule and
+//! values, without rejection). K-FAC and EKFAC keep their
 //! state across iterations, so their refreshes (every 20 steps) are part of
 //! the measured mean; the race (`kfac-bench race`) reports the same ratio
 //! amortised over a whole run.
@@ -40,6 +41,13 @@ fn step(c: &mut Criterion) {
         ("ekfac", OptimizerConfig::defaults(OptimizerKind::Ekfac)),
         ("kfac-adaptive", adaptive(OptimizerKind::Kfac)),
         ("ekfac-adaptive", adaptive(OptimizerKind::Ekfac)),
+        (
+            "kfac-adaptive-noreject",
+            OptimizerConfig {
+                adaptive: Some(AdaptiveConfig { reject: false, ..AdaptiveConfig::default() }),
+                ..OptimizerConfig::defaults(OptimizerKind::Kfac)
+            },
+        ),
         (
             "kfac-adaptive-paper",
             OptimizerConfig {

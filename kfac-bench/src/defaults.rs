@@ -7,10 +7,11 @@
 //! $\operatorname{tr}(F)/P$). Every candidate trains adaptive K-FAC and
 //! EKFAC on each problem with each seed. A run's score is the mean of its
 //! batch losses over all steps (the area under its training curve); a failed
-//! or non-finite run scores $+\infty$. In each cell (problem, optimizer, seed)
-//! the candidates are ranked by score, ties sharing the mean rank; the
-//! candidate with the lowest mean rank wins, and an exact tie goes to the
-//! first candidate (the paper's values).
+//! or non-finite run (a non-finite batch or final loss) scores $+\infty$. In
+//! each cell (problem, optimizer, seed) the candidates are ranked by score,
+//! ties sharing the mean rank; the candidate with the lowest mean rank
+//! wins, and an exact tie goes to the earliest of the tied candidates (in
+//! the protocol the first is the paper's values, with rejected steps).
 
 use std::path::Path;
 
@@ -44,10 +45,22 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    /// The adaptive configuration: [`AdaptiveConfig::default`] with this
-    /// candidate's $\omega$ and $\lambda_0$.
+    /// The adaptive configuration of the protocol: this candidate's
+    /// $\omega$ and $\lambda_0$, $T_1 = 5$, $T_2 = 20$,
+    /// $\gamma_0 = \sqrt{\lambda_0 + \eta}$, $\lambda \in [10^{-8}, 10^8]$ and
+    /// rejected steps, spelled out so that the study does not move with
+    /// the defaults it chose.
     pub fn adaptive(&self) -> AdaptiveConfig {
-        AdaptiveConfig { omega: self.omega, lambda: self.lambda, ..AdaptiveConfig::default() }
+        AdaptiveConfig {
+            lambda: self.lambda,
+            omega: self.omega,
+            t1: 5,
+            t2: 20,
+            lambda_min: 1e-8,
+            lambda_max: 1e8,
+            gamma: None,
+            reject: true,
+        }
     }
 }
 
@@ -119,7 +132,7 @@ pub struct Standing {
     pub candidate: Candidate,
     /// Its mean rank over the cells (1 = best).
     pub mean_rank: f64,
-    /// Cells in which it ranked first (alone or tied).
+    /// Cells in which it had the lowest score (alone or tied).
     pub firsts: usize,
     /// Its runs that failed or had a non-finite loss.
     pub failures: usize,
@@ -193,9 +206,11 @@ pub fn decide(config: &DefaultsConfig, runs: Vec<Run>, threads: usize) -> Result
                     })
                     .collect::<Result<Vec<f64>>>()?;
                 let r = ranks(&scores);
+                let key = |x: f64| if x.is_nan() { f64::INFINITY } else { x };
+                let best = scores.iter().copied().map(key).fold(f64::INFINITY, f64::min);
                 for (i, &ri) in r.iter().enumerate() {
                     rank_sum[i] += ri;
-                    if ri < 2.0 {
+                    if key(scores[i]) == best {
                         firsts[i] += 1;
                     }
                 }
@@ -242,7 +257,7 @@ pub fn run(config: &DefaultsConfig, progress: &mut dyn FnMut(&Run)) -> Result<St
                             optimizer: o,
                             seed,
                             candidate: c.name.clone(),
-                            score: score(&m.steps),
+                            score: if m.final_loss.is_finite() { score(&m.steps) } else { f64::INFINITY },
                             final_loss: m.final_loss,
                             rejected: m
                                 .steps

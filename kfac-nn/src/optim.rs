@@ -215,8 +215,8 @@ pub struct AdaptiveConfig {
     /// error without it (a step that raises the loss is taken anyway, and
     /// the rule raises $\lambda$ by only $\omega^{-t_1}$ per `t1` steps), and
     /// adaptive EKFAC diverged that way on the digits classifier
-    /// ($\lambda_0 \approx 0.012$). A configuration saved without this field
-    /// reads as 150, the default of the versions that wrote it.
+    /// ($\lambda_0 \approx 0.012$). Saved configurations store $\lambda_0$
+    /// and read as written; one without the field reads as 150.
     ///
     /// [`fisher_trace_per_parameter`]: crate::curvature::fisher_trace_per_parameter
     #[serde(default = "paper_lambda")]

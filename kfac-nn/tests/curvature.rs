@@ -280,8 +280,8 @@ fn adaptive_configurations_are_checked() {
     let old = r#"{"lambda":150.0,"omega":0.95,"t1":5,"t2":20,"lambda_min":1e-8,"lambda_max":1e8,"gamma":null}"#;
     let a: AdaptiveConfig = serde_json::from_str(old).unwrap();
     assert_eq!(a, AdaptiveConfig::paper());
-    // One written before λ₀ could be automatic has no `lambda`: 150, the
-    // default of those versions.
+    // Saved configurations always carry `lambda`; one without it (written
+    // by hand) reads as the paper's 150.
     let older: AdaptiveConfig = serde_json::from_str(&old.replace(r#""lambda":150.0,"#, "")).unwrap();
     assert_eq!(older, AdaptiveConfig::paper());
     // Today's defaults: the study's choice (automatic λ₀, ω = 9/10) with rejection.
@@ -291,6 +291,46 @@ fn adaptive_configurations_are_checked() {
     assert_eq!((p.lambda, p.omega, p.t1, p.t2, p.gamma, p.reject), (Some(150.0), 0.95, 5, 20, None, false));
     let auto: AdaptiveConfig = serde_json::from_str(&old.replace("150.0", "null")).unwrap();
     assert_eq!(auto.lambda, None);
+    // The defaults survive a round trip (the automatic λ₀ is written as null).
+    let json = serde_json::to_string(&d).unwrap();
+    assert!(json.contains(r#""lambda":null"#), "{json}");
+    assert_eq!(serde_json::from_str::<AdaptiveConfig>(&json).unwrap(), d);
+}
+
+/// Adaptive EKFAC with the defaults (automatic λ₀, ω = 9/10, rejection)
+/// trains the digits classifier; the same run without rejection raises its
+/// loss from the first step on (λ₀ ≈ 0.012 is too low a start), which is
+/// why the defaults keep rejection on.
+#[test]
+fn the_defaults_train_the_classifier_and_lean_on_rejection() {
+    use kfac_nn::optim::{AdaptiveConfig, OptimizerConfig, OptimizerKind};
+    use kfac_nn::train::{self, Task, TaskKind, TrainConfig};
+    let run = |reject: bool| {
+        let mut config = TrainConfig::new(
+            TaskKind::Classifier,
+            OptimizerConfig {
+                adaptive: Some(AdaptiveConfig { reject, ..AdaptiveConfig::default() }),
+                ..OptimizerConfig::defaults(OptimizerKind::Ekfac)
+            },
+        );
+        config.steps = 40;
+        let task = Task::load(config.task, &config.data, config.seed).unwrap();
+        train::train::<f32>(&config, &task, &mut |_| {}).unwrap()
+    };
+    let m = run(true);
+    let first = m.steps[0].loss;
+    let l0 = m.steps[0].adaptive.unwrap().lambda;
+    assert!(l0 > 0.0 && l0 < 0.1, "λ₀ = tr(F)/P = {l0}");
+    assert!(m.final_loss < 0.5 * first, "{first} -> {}", m.final_loss);
+    assert!(m.steps.iter().any(|s| s.adaptive.unwrap().rejected), "some step is rejected");
+    let free = run(false);
+    assert_eq!(free.steps[0].loss, first);
+    assert!(free.steps.iter().all(|s| !s.adaptive.unwrap().rejected));
+    assert!(
+        free.steps[1].loss > first,
+        "without rejection the first step raises the loss: {first} -> {}",
+        free.steps[1].loss
+    );
 }
 
 /// Adaptive K-FAC and EKFAC train the digits classifier with the true and

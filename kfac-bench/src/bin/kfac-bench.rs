@@ -66,8 +66,8 @@ enum Command {
         out: PathBuf,
     },
     /// The study that chooses the adaptive defaults (omega and the initial
-    /// lambda) on problems other than the race (72 runs, about 25 minutes on
-    /// 2 cores): defaults.json, defaults.md.
+    /// lambda) on problems other than the race (72 runs, about 37 minutes of
+    /// training on 2 cores): defaults.json, defaults.md.
     AdaptiveDefaults {
         /// Output directory.
         #[arg(long, default_value = "target/kfac-bench")]
