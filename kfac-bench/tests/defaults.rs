@@ -3,22 +3,12 @@
 
 use kfac_bench::defaults::{self, Candidate, DefaultsConfig, Problem, Run, ranks, score};
 use kfac_nn::optim::{AdaptiveConfig, OptimizerConfig, OptimizerKind};
-use kfac_nn::train::{self, DataSource, StepRecord, Task, TaskKind, TrainConfig};
+use kfac_nn::train::{self, DataSource, Task, TaskKind, TrainConfig};
 
-fn steps(losses: &[f64]) -> Vec<StepRecord> {
-    losses
-        .iter()
-        .enumerate()
-        .map(|(i, &loss)| StepRecord {
-            step: i + 1,
-            loss,
-            seconds: (i + 1) as f64,
-            kl_scale: None,
-            skipped: None,
-            skipped_statistics: vec![],
-            adaptive: None,
-        })
-        .collect()
+mod common;
+
+fn steps(losses: &[f64]) -> Vec<kfac_nn::train::StepRecord> {
+    common::curve(losses, 1.0)
 }
 
 #[test]

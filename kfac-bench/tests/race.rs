@@ -3,23 +3,10 @@
 
 use kfac_bench::race::{self, Contestant, RaceConfig, reach, smoothed};
 use kfac_nn::optim::{OptimizerConfig, OptimizerKind};
-use kfac_nn::train::{Metrics, StepRecord, TaskKind, TrainConfig};
+use kfac_nn::train::{Metrics, TaskKind, TrainConfig};
 
-fn curve(losses: &[f64], step_seconds: f64) -> Vec<StepRecord> {
-    losses
-        .iter()
-        .enumerate()
-        .map(|(i, &loss)| StepRecord {
-            step: i + 1,
-            loss,
-            seconds: step_seconds * (i + 1) as f64,
-            kl_scale: None,
-            skipped: None,
-            skipped_statistics: vec![],
-            adaptive: None,
-        })
-        .collect()
-}
+mod common;
+use common::curve;
 
 fn metrics(kind: OptimizerKind, losses: &[f64], step_seconds: f64) -> (Contestant, Metrics) {
     let steps = curve(losses, step_seconds);

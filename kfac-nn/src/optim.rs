@@ -484,9 +484,23 @@ struct Adaptive {
 
 #[derive(Debug)]
 enum State<T: Scalar> {
-    Sgd { velocity: Vec<Array2<T>> },
-    Adam { m: Vec<Array2<T>>, v: Vec<Array2<T>>, t: i32 },
-    Kfac { pre: Box<Preconditioner<T>>, velocity: Vec<Array2<T>>, adaptive: Option<Adaptive> },
+    Sgd {
+        velocity: Vec<Array2<T>>,
+    },
+    Adam {
+        m: Vec<Array2<T>>,
+        v: Vec<Array2<T>>,
+        t: i32,
+    },
+    Kfac {
+        pre: Box<Preconditioner<T>>,
+        velocity: Vec<Array2<T>>,
+        adaptive: Option<Adaptive>,
+        /// The weights before an adaptive step, kept so that a rejected step
+        /// can be undone exactly; reused from step to step (empty until the
+        /// first step with [`AdaptiveConfig::reject`]).
+        saved: Vec<Array2<T>>,
+    },
 }
 
 /// An optimizer with its state.
@@ -540,7 +554,12 @@ impl<T: Scalar> Optimizer<T> {
                         BlockStructure::Tridiagonal => Structure::Tridiagonal,
                     },
                 };
-                State::Kfac { pre: Box::new(Preconditioner::new(pc, &mlp.shapes())?), velocity: zeros(), adaptive }
+                State::Kfac {
+                    pre: Box::new(Preconditioner::new(pc, &mlp.shapes())?),
+                    velocity: zeros(),
+                    adaptive,
+                    saved: Vec::new(),
+                }
             }
         };
         Ok(Self { config, state, skipped_steps: 0 })
@@ -631,7 +650,7 @@ impl<T: Scalar> Optimizer<T> {
                 *v = take(1);
                 *t = state.adam_step;
             }
-            (State::Kfac { pre, velocity, adaptive }, Some(ps)) => {
+            (State::Kfac { pre, velocity, adaptive, .. }, Some(ps)) => {
                 pre.restore(ps)?;
                 *velocity = take(0);
                 if let (Some(a), Some((lambda, gamma, steps))) = (adaptive.as_mut(), state.adaptive) {
@@ -729,7 +748,7 @@ impl<T: Scalar> Optimizer<T> {
                     });
                 }
             }
-            State::Kfac { pre, velocity, adaptive } => {
+            State::Kfac { pre, velocity, adaptive, saved } => {
                 let needs_stats = pre.needs_statistics();
                 let mut recorder = GradRecorder::default();
                 let mut grads = if needs_stats && cfg.fisher == FisherMode::Empirical && n_stats == x.nrows() {
@@ -843,8 +862,13 @@ impl<T: Scalar> Optimizer<T> {
                     let rho_due = (ad.steps + 1).is_multiple_of(acfg.t1);
                     let measure = rho_due || acfg.reject;
                     let h_before = if measure { value + half_l2_norm(mlp) } else { f64::NAN };
-                    let saved: Option<Vec<Array2<T>>> =
-                        acfg.reject.then(|| mlp.layers.iter().map(|l| l.w.clone()).collect());
+                    if acfg.reject {
+                        if saved.len() == mlp.layers.len() {
+                            saved.iter_mut().zip(&mlp.layers).for_each(|(s, l)| s.assign(&l.w));
+                        } else {
+                            *saved = mlp.layers.iter().map(|l| l.w.clone()).collect();
+                        }
+                    }
                     for ((layer, v), d) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(step) {
                         layer.w += &d;
                         *v = d;
@@ -861,11 +885,9 @@ impl<T: Scalar> Optimizer<T> {
                             ad.lambda = levenberg_marquardt(ad.lambda, r, omega1, acfg.lambda_min, acfg.lambda_max);
                         }
                         // A rise (or a non-finite value) undoes the step.
-                        if let Some(old) = saved
-                            && (h_after.is_nan() || h_after > h_before)
-                        {
-                            for ((layer, v), w) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(old) {
-                                layer.w = w;
+                        if acfg.reject && (h_after.is_nan() || h_after > h_before) {
+                            for ((layer, v), w) in mlp.layers.iter_mut().zip(velocity.iter_mut()).zip(saved.iter()) {
+                                layer.w.assign(w);
                                 v.fill(T::zero());
                             }
                             if !rho_due {
