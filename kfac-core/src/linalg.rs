@@ -2,7 +2,7 @@
 //!
 //! Everything the curvature blocks need from dense linear algebra goes through
 //! [`LinAlg`]: general products, the Gram matrix of a batch, the symmetric
-//! eigendecomposition and the Cholesky-based SPD inverse and solve. Operands
+//! eigendecomposition and the Cholesky-based SPD inverse. Operands
 //! are [`ndarray`] views of any layout (row-major, column-major, transposed or
 //! strided); a backend views them in its own types without copying where it
 //! can. No backend type appears here, so a block is written once and runs on
@@ -85,10 +85,6 @@ pub trait LinAlg<T: Real>: Send + Sync + Debug {
     /// result is symmetric (both triangles filled).
     fn spd_inverse(&self, a: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError>;
 
-    /// Solves $A X = B$ for symmetric positive definite $A$ by Cholesky.
-    /// Only the lower triangle of `a` is read.
-    fn spd_solve(&self, a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError>;
-
     /// The backend for decompositions run side by side, one block per
     /// thread of the rayon pool ([`Preconditioner::update`](crate::Preconditioner::update)
     /// refreshes the blocks this way), or `None` to refresh them one after
@@ -101,6 +97,15 @@ pub trait LinAlg<T: Real>: Send + Sync + Debug {
     /// a thread: the decomposition of a matrix is the same whatever runs
     /// beside it. The default is `None`.
     fn concurrent_decompositions(&self) -> Option<&dyn LinAlg<T>> {
+        None
+    }
+
+    /// The same backend without threads of its own, for callers that run
+    /// it in parallel at an outer level (batch shards, one block per
+    /// thread), or `None` when this backend never uses threads itself (the
+    /// caller then uses `self`). A backend with internal parallelism should
+    /// return its sequential form. The default is `None`.
+    fn sequential(&self) -> Option<&dyn LinAlg<T>> {
         None
     }
 

@@ -345,32 +345,6 @@ fn check_spd_inverse<T: Real>(la: &dyn LinAlg<T>) {
     }
 }
 
-fn check_spd_solve<T: Real>(la: &dyn LinAlg<T>) {
-    for (i, (la_, lb)) in
-        [(Row, Row), (Col, Strided), (Strided, Transposed), (Padded, Col), (Transposed, Padded)].into_iter().enumerate()
-    {
-        for (n, k) in [(1, 1), (31, 4), (90, 1), (60, 70)] {
-            let seed = 1100 + 10 * i as u64 + n as u64;
-            let a = spd::<T>(n, seed);
-            let b = random::<T>(n, k, seed + 1);
-            let ha = Held::new(&spoil_upper(&a, seed + 2), la_);
-            let hb = Held::new(&b, lb);
-            let x = la.spd_solve(ha.view(), hb.view()).unwrap();
-            assert_eq!(x.dim(), (n, k));
-            assert!(x.is_standard_layout());
-            let (a, b, x) = (to_f64(a.view()), to_f64(b.view()), to_f64(x.view()));
-            let residual = a.dot(&x) - &b;
-            let tol = 4.0 * n as f64 * eps::<T>() * fro(&a) * fro(&x);
-            assert!(
-                fro(&residual) <= tol,
-                "spd_solve {} n = {n}, k = {k}: residual {:e} > {tol:e}",
-                T::NAME,
-                fro(&residual)
-            );
-        }
-    }
-}
-
 fn check_kron_matvec<T: Real>(la: &dyn LinAlg<T>) {
     let (p, q) = (3, 4);
     let c = random::<T>(p, p, 1200);
@@ -419,22 +393,18 @@ fn check_errors<T: Real>(la: &dyn LinAlg<T>) {
     assert!(matches!(la.eigh(a.view()), Err(LinAlgError::NotSquare { op: "eigh", rows: 3, cols: 4 })));
     assert!(matches!(la.spd_inverse(a.view()), Err(LinAlgError::NotSquare { .. })));
     let s = spd::<T>(4, 1303);
-    assert!(matches!(la.spd_solve(s.view(), a.view()), Err(LinAlgError::ShapeMismatch { op: "spd_solve", .. })));
-    assert!(matches!(la.spd_solve(a.view(), a.view()), Err(LinAlgError::NotSquare { .. })));
 
     for bad in [T::nan(), T::infinity(), T::neg_infinity()] {
         let mut s_bad = s.clone();
         s_bad[[2, 1]] = bad;
         assert!(matches!(la.eigh(s_bad.view()), Err(LinAlgError::NonFinite { op: "eigh" })));
         assert!(matches!(la.spd_inverse(s_bad.view()), Err(LinAlgError::NonFinite { op: "spd_inverse" })));
-        assert!(matches!(la.spd_solve(s_bad.view(), s.view()), Err(LinAlgError::NonFinite { op: "spd_solve" })));
     }
 
     // Indefinite: the third pivot is the first non-positive one.
     let mut indefinite = Array2::<T>::eye(4);
     indefinite[[2, 2]] = -T::one();
     assert_eq!(la.spd_inverse(indefinite.view()), Err(LinAlgError::NotPositiveDefinite { index: 2 }));
-    assert_eq!(la.spd_solve(indefinite.view(), s.view()), Err(LinAlgError::NotPositiveDefinite { index: 2 }));
     // Singular: [[1, 1], [1, 1]] has second pivot 0.
     let singular = Array2::<T>::ones((2, 2));
     assert_eq!(la.spd_inverse(singular.view()), Err(LinAlgError::NotPositiveDefinite { index: 1 }));
@@ -480,8 +450,6 @@ fn check_empty<T: Real>(la: &dyn LinAlg<T>) {
     let eig = la.eigh(e.view()).unwrap();
     assert_eq!((eig.values.len(), eig.vectors.dim()), (0, (0, 0)));
     assert_eq!(la.spd_inverse(e.view()).unwrap().dim(), (0, 0));
-    assert_eq!(la.spd_solve(e.view(), Array2::zeros((0, 3)).view()).unwrap().dim(), (0, 3));
-    assert_eq!(la.spd_solve(spd::<T>(3, 1403).view(), Array2::zeros((3, 0)).view()).unwrap().dim(), (3, 0));
     assert_eq!(
         la.matmul(Array2::zeros((2, 0)).view(), Array2::zeros((0, 3)).view()).unwrap(),
         Array2::<T>::zeros((2, 3))
@@ -522,13 +490,6 @@ macro_rules! typed_tests {
             fn spd_inverse() {
                 for la in backends() {
                     check_spd_inverse::<T>(&*la);
-                }
-            }
-
-            #[test]
-            fn spd_solve() {
-                for la in backends() {
-                    check_spd_solve::<T>(&*la);
                 }
             }
 

@@ -303,9 +303,6 @@ impl LinAlg<f32> for Failing {
     fn spd_inverse(&self, _a: ArrayView2<'_, f32>) -> Result<Array2<f32>, LinAlgError> {
         Err(LinAlgError::NotPositiveDefinite { index: 0 })
     }
-    fn spd_solve(&self, a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>) -> Result<Array2<f32>, LinAlgError> {
-        self.inner.spd_solve(a, b)
-    }
     fn f64_backend(&self) -> Option<&dyn LinAlg<f64>> {
         if self.twin { Some(&self.inner) } else { None }
     }

@@ -10,12 +10,11 @@
 //! | [`gram`](LinAlg::gram) | [`faer::linalg::matmul::triangular::matmul`], lower triangle only, then mirrored |
 //! | [`eigh`](LinAlg::eigh) | [`faer::linalg::evd::self_adjoint_evd`] |
 //! | [`spd_inverse`](LinAlg::spd_inverse) | [`llt::factor::cholesky_in_place`] and [`llt::inverse::inverse`] |
-//! | [`spd_solve`](LinAlg::spd_solve) | [`llt::factor::cholesky_in_place`] and [`llt::solve::solve_in_place`] |
 //!
 //! [`ndarray`] operands are viewed as faer matrices without copying, whatever
 //! their strides (row-major, column-major, sliced, negative strides). The
 //! eigenvectors come back column-major (as faer computes them, no copy);
-//! inverses and solutions row-major.
+//! inverses row-major.
 //!
 //! # Example
 //!
@@ -265,6 +264,11 @@ where
     /// $d = 1000$ here (`cargo run --release -p kfac-bench --example
     /// block_phases`), so blocks are better refreshed side by side.
     fn concurrent_decompositions(&self) -> Option<&dyn LinAlg<T>> {
+        LinAlg::<T>::sequential(self)
+    }
+
+    /// [`Faer::sequential`], unless this backend is already sequential.
+    fn sequential(&self) -> Option<&dyn LinAlg<T>> {
         static SEQUENTIAL: Faer = Faer::sequential();
         match self.threads {
             Threads::Sequential => None,
@@ -361,30 +365,6 @@ where
         llt::inverse::inverse(faer_mut(inv_t.view_mut()), l.as_ref(), par, stack);
         mirror_lower_to_upper(inv_t);
         Ok(inv)
-    }
-
-    /// Solves $A X = B$ with the Cholesky factor: two triangular solves.
-    fn spd_solve(&self, a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError> {
-        check_square_finite("spd_solve", &a)?;
-        let n = a.nrows();
-        if b.nrows() != n {
-            return Err(LinAlgError::ShapeMismatch {
-                op: "spd_solve",
-                detail: format!("A is {:?}, B is {:?}", a.dim(), b.dim()),
-            });
-        }
-        let par = self.par_for_decomposition(n);
-        let k = b.ncols();
-        let req = cholesky_scratch::<T>(n, par).or(llt::solve::solve_in_place_scratch::<T>(n, k, par));
-        let mut buf = MemBuffer::new(req);
-        let stack = MemStack::new(&mut buf);
-        let l = cholesky(a, par, stack)?;
-        let mut x = Array2::<T>::zeros((n, k));
-        x.assign(&b);
-        if n > 0 && k > 0 {
-            llt::solve::solve_in_place(l.as_ref(), faer_mut(x.view_mut()), par, stack);
-        }
-        Ok(x)
     }
 }
 

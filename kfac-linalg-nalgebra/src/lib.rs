@@ -9,7 +9,6 @@
 //! | [`gram`](LinAlg::gram) | the same, lower triangle mirrored onto the upper one |
 //! | [`eigh`](LinAlg::eigh) | [`SymmetricEigen::try_new`], eigenpairs then sorted |
 //! | [`spd_inverse`](LinAlg::spd_inverse) | [`Cholesky`] and [`Cholesky::inverse`] |
-//! | [`spd_solve`](LinAlg::spd_solve) | [`Cholesky`] and [`Cholesky::solve_mut`] |
 //!
 //! Contiguous [`ndarray`] operands (row-major or column-major) are viewed as
 //! nalgebra matrices without copying (a row-major array is a column-major
@@ -284,7 +283,7 @@ where
         Some(self)
     }
 
-    /// The same backend (same threads) in `f64`.
+    /// The same backend in `f64`.
     fn f64_backend(&self) -> Option<&dyn LinAlg<f64>> {
         Some(self)
     }
@@ -372,21 +371,6 @@ where
         let mut inv = cholesky(a)?.inverse();
         inv.fill_upper_triangle_with_lower_triangle();
         Ok(to_array(&inv))
-    }
-
-    /// Solves $A X = B$ with [`Cholesky::solve_mut`]: two triangular solves.
-    fn spd_solve(&self, a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Result<Array2<T>, LinAlgError> {
-        check_square_finite("spd_solve", &a)?;
-        if b.nrows() != a.nrows() {
-            return Err(LinAlgError::ShapeMismatch {
-                op: "spd_solve",
-                detail: format!("A is {:?}, B is {:?}", a.dim(), b.dim()),
-            });
-        }
-        let chol = cholesky(a)?;
-        let mut x = Operand::new(b).into_owned();
-        chol.solve_mut(&mut x);
-        Ok(to_array(&x))
     }
 }
 

@@ -125,8 +125,3 @@ impl TanhImpl for f64 {
 }
 impl_scalar!(f32);
 impl_scalar!(f64);
-
-/// The sequential backend used inside parallel shards: faer if compiled in.
-pub(crate) fn sequential<T: Scalar>() -> Result<Box<dyn LinAlg<T>>> {
-    T::backend(Backend::default(), false)
-}

@@ -18,7 +18,7 @@
 //! `kfac_linalg_faer::Faer` the products are parallel over the rayon pool
 //! ([`Parallelism::Products`]). [`Parallelism::Shards`] instead splits the
 //! batch into fixed shards of [`SHARD_ROWS`] rows, processed in parallel with
-//! sequential products; the weight gradient is split over output rows. Both
+//! sequential products of the same backend ([`LinAlg::sequential`]); the weight gradient is split over output rows. Both
 //! give results independent of the thread count. `kfac-bench` measures which
 //! is faster.
 
@@ -380,7 +380,7 @@ impl<T: Scalar> Mlp<T> {
         match self.parallelism {
             Parallelism::Products => la.gemm(alpha, a, b, beta, c).map_err(core_err),
             Parallelism::Shards => {
-                let seq = sequential::<T>()?;
+                let seq = la.sequential().unwrap_or(la);
                 a.axis_chunks_iter(Axis(0), SHARD_ROWS)
                     .into_par_iter()
                     .zip(c.axis_chunks_iter_mut(Axis(0), SHARD_ROWS).into_par_iter())
@@ -404,7 +404,7 @@ impl<T: Scalar> Mlp<T> {
             Parallelism::Shards => {
                 // Split over output rows: each block reduces over the whole
                 // batch in one sequential product, so the order is fixed.
-                let seq = sequential::<T>()?;
+                let seq = la.sequential().unwrap_or(la);
                 let gt = g.t();
                 gt.axis_chunks_iter(Axis(0), SHARD_ROWS / 2)
                     .into_par_iter()
@@ -418,9 +418,4 @@ impl<T: Scalar> Mlp<T> {
 
 fn core_err(e: kfac::LinAlgError) -> Error {
     Error::Core(kfac::Error::LinAlg { block: "mlp".into(), source: e })
-}
-
-/// The sequential backend used inside shards.
-fn sequential<T: Scalar>() -> Result<Box<dyn LinAlg<T>>> {
-    crate::backend::sequential::<T>()
 }

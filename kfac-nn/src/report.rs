@@ -100,6 +100,9 @@ pub fn plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64
     if y0.partial_cmp(&y1) != Some(std::cmp::Ordering::Less) {
         (y0, y1) = (if y0.is_finite() { y0 * 0.5 } else { 0.1 }, if y1.is_finite() { y1 * 2.0 } else { 10.0 });
     }
+    let integral = series.iter().flat_map(|(_, s)| s.iter()).all(|p| p.0.fract() == 0.0);
+    let (y_lo, y_hi) = (y0 * 0.95, y1 * 1.05);
+    let (y_major, y_minor) = log_ticks(y_lo, y_hi);
     let tmp = temp_path(path);
     let err = |e: &dyn std::fmt::Display| Error::Plot { path: path.to_path_buf(), reason: e.to_string() };
     {
@@ -110,15 +113,19 @@ pub fn plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, (y0 * 0.95..y1 * 1.05).log_scale())
+            .build_cartesian_2d(x0..x1, (y_lo..y_hi).log_scale().with_key_points(y_major).with_light_points(y_minor))
             .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
+        let integer_label = |x: &f64| format!("{x:.0}");
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(x_label)
             .y_desc("loss (log scale)")
             .label_style(("sans-serif", 15))
-            .draw()
-            .map_err(|e| err(&e))?;
+            .y_label_formatter(&|y| log_tick_label(*y));
+        if integral {
+            // At most one label per integer, so that no two read the same.
+            mesh.x_labels(((x1 - x0) as usize + 1).min(10)).x_label_formatter(&integer_label);
+        }
+        mesh.draw().map_err(|e| err(&e))?;
         let palette = [
             &BLUE,
             &RED,
@@ -151,6 +158,28 @@ pub fn plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64
         root.present().map_err(|e| err(&e))?;
     }
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Ticks of a logarithmic axis over `[lo, hi]` (`0 < lo < hi`): labelled
+/// ticks at $m \cdot 10^k$ for $m \in \{1, 2, 5\}$ (every $m$ from 1 to 9 when
+/// that gives fewer than three), and light grid lines at every
+/// $m \cdot 10^k$, $m = 1, \dots, 9$.
+fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
+    let in_range = |v: &f64| *v >= lo && *v <= hi;
+    let decades = lo.log10().floor() as i32..=hi.log10().ceil() as i32;
+    let at = |ms: &[f64]| -> Vec<f64> {
+        decades.clone().flat_map(|k| ms.iter().map(move |m| m * 10f64.powi(k))).filter(in_range).collect()
+    };
+    let all: Vec<f64> = at(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+    let major = at(&[1.0, 2.0, 5.0]);
+    if major.len() < 3 { (all.clone(), all) } else { (major, all) }
+}
+
+/// A tick of a logarithmic axis written with the decimals it needs and no
+/// more: 200, 5, 0.5, 0.02.
+fn log_tick_label(v: f64) -> String {
+    let decimals = (-(v.log10() + 1e-9).floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// One row of the comparison table.
@@ -314,4 +343,29 @@ pub fn heatmaps(path: &Path, title: &str, rows: &[(String, Vec<Panel>)], cell: u
         root.present().map_err(|e| err(&e))?;
     }
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Log axes label 1-2-5 ticks once each, with no trailing zeros.
+    #[test]
+    fn log_axes_have_distinct_clean_labels() {
+        for (lo, hi) in [(52.0, 1150.0), (0.0007, 5.0), (60.0, 190.0), (0.9, 1.1)] {
+            let (major, minor) = log_ticks(lo, hi);
+            let labels: Vec<String> = major.iter().map(|&v| log_tick_label(v)).collect();
+            let mut unique = labels.clone();
+            unique.dedup();
+            assert_eq!(unique, labels, "{lo}..{hi}");
+            assert!(major.iter().all(|v| minor.contains(v)));
+            assert!(major.iter().all(|&v| v >= lo && v <= hi));
+        }
+        let (major, _) = log_ticks(52.0, 1150.0);
+        let labels: Vec<String> = major.iter().map(|&v| log_tick_label(v)).collect();
+        assert_eq!(labels, ["100", "200", "500", "1000"]);
+        let (major, _) = log_ticks(0.0007, 5.0);
+        let labels: Vec<String> = major.iter().map(|&v| log_tick_label(v)).collect();
+        assert_eq!(labels, ["0.001", "0.002", "0.005", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2", "5"]);
+    }
 }

@@ -3,6 +3,7 @@
 //! Hessians (nothing shared with the code under test but the forward pass
 //! and the loss gradient).
 
+use kfac_nn::Error;
 use kfac_nn::backend::{Backend, Scalar};
 use kfac_nn::curvature::fisher_vector_product;
 use kfac_nn::loss::Loss;
@@ -122,10 +123,13 @@ fn directions_of_the_wrong_shape_are_refused() {
     let x = Array2::<f64>::zeros((2, 3));
     let short = [Array2::<f64>::zeros((4, 4))];
     let views: Vec<_> = short.iter().map(|a| a.view()).collect();
-    assert!(fisher_vector_product(&*la(), &mlp, x.view(), Loss::SquaredError, &views).is_err());
+    let err = fisher_vector_product(&*la(), &mlp, x.view(), Loss::SquaredError, &views).unwrap_err();
+    assert!(matches!(err, Error::Shape { what: "direction (layers)", found: (1, 1), .. }), "{err}");
     let wrong = [Array2::<f64>::zeros((4, 4)), Array2::<f64>::zeros((3, 5))];
     let views: Vec<_> = wrong.iter().map(|a| a.view()).collect();
-    assert!(fisher_vector_product(&*la(), &mlp, x.view(), Loss::SquaredError, &views).is_err());
+    let err = fisher_vector_product(&*la(), &mlp, x.view(), Loss::SquaredError, &views).unwrap_err();
+    assert!(matches!(err, Error::Shape { what: "direction", expected: (2, 5), found: (3, 5) }), "{err}");
+    assert!(err.to_string().contains("direction"), "{err}");
 }
 
 /// Linear regression with squared error and an ℓ2 term: the objective is
@@ -264,16 +268,24 @@ fn adaptive_steps_have_rho_one_on_a_quadratic() {
 fn adaptive_configurations_are_checked() {
     use kfac_nn::optim::{AdaptiveConfig, OptimizerConfig, OptimizerKind};
     let with = |kind, a: AdaptiveConfig| OptimizerConfig { adaptive: Some(a), ..OptimizerConfig::defaults(kind) };
-    assert!(with(OptimizerKind::Adam, AdaptiveConfig::default()).validate().is_err());
+    let err = with(OptimizerKind::Adam, AdaptiveConfig::default()).validate().unwrap_err();
+    assert!(matches!(err, Error::Config { what: "adaptive", .. }), "{err}");
+    assert!(err.to_string().contains("K-FAC or EKFAC"), "{err}");
     assert!(with(OptimizerKind::Kfac, AdaptiveConfig::default()).validate().is_ok());
-    for bad in [
-        AdaptiveConfig { omega: 1.0, ..Default::default() },
-        AdaptiveConfig { t1: 0, ..Default::default() },
-        AdaptiveConfig { lambda: Some(-1.0), ..Default::default() },
-        AdaptiveConfig { lambda_min: 2.0, lambda_max: 1.0, ..Default::default() },
-        AdaptiveConfig { gamma: Some(0.0), ..Default::default() },
+    for (bad, field) in [
+        (AdaptiveConfig { omega: 1.0, ..Default::default() }, "adaptive.omega"),
+        (AdaptiveConfig { t1: 0, ..Default::default() }, "adaptive.t1/t2"),
+        (AdaptiveConfig { lambda: Some(-1.0), ..Default::default() }, "adaptive.lambda"),
+        (AdaptiveConfig { lambda_min: 2.0, lambda_max: 1.0, ..Default::default() }, "adaptive.lambda_min"),
+        (AdaptiveConfig { gamma: Some(0.0), ..Default::default() }, "adaptive.gamma"),
     ] {
-        assert!(with(OptimizerKind::Ekfac, bad.clone()).validate().is_err(), "{bad:?}");
+        match with(OptimizerKind::Ekfac, bad.clone()).validate() {
+            Err(e @ Error::Config { what, .. }) => {
+                assert_eq!(what, field, "{bad:?}");
+                assert!(e.to_string().contains(field), "{e}");
+            }
+            other => panic!("{bad:?}: expected a configuration error on {field}, got {other:?}"),
+        }
     }
     // A configuration written before `reject` existed (and with a numeric
     // λ₀) reads as those versions behaved: no rejection, λ₀ as written.
@@ -360,9 +372,16 @@ fn adaptive_training_works_with_both_fishers() {
             let rhos: Vec<f64> = m.steps.iter().filter_map(|s| s.adaptive.and_then(|a| a.rho)).collect();
             assert_eq!(rhos.len(), 8, "ρ every 5 steps");
             assert!(m.steps.iter().all(|s| s.adaptive.is_some_and(|a| a.gamma > 0.0 && a.lambda > 0.0)));
-            // γ is reconsidered at step 21: three candidates a factor ω₂ apart.
+            // γ is reconsidered at step 21 (index 20) only: it is one of the
+            // three candidates {ω₂γ, γ, γ/ω₂}, ω₂ = √ω^T₂, and it is kept
+            // until step 41.
             let g = |i: usize| m.steps[i].adaptive.unwrap().gamma;
-            assert_eq!(g(0), g(19));
+            assert!((1..20).all(|i| g(i) == g(0)), "{kind:?} {fisher:?}: γ moved before step 21");
+            let acfg = AdaptiveConfig::paper();
+            let w2 = acfg.omega.sqrt().powi(acfg.t2 as i32);
+            let candidates = [g(19) * w2, g(19), g(19) / w2];
+            assert!(candidates.contains(&g(20)), "{kind:?} {fisher:?}: γ {} not in {candidates:?}", g(20));
+            assert!((21..40).all(|i| g(i) == g(20)), "{kind:?} {fisher:?}: γ moved after step 21");
         }
     }
 }
@@ -417,12 +436,16 @@ fn the_fisher_trace_is_the_mean_squared_per_example_gradient() {
         // Each entry is rounded once (relative ε₃₂/2); a square doubles it.
         assert!((got32 - want).abs() <= 4.0 * f64::from(f32::EPSILON) * want, "{got32} vs {want}");
         // Lists that do not fit.
-        assert!(fisher_trace_per_parameter(&inputs[..inputs.len() - 1], &grads).is_err());
-        assert!(fisher_trace_per_parameter::<f64>(&[], &[]).is_err());
+        let layers_error = |r: kfac_nn::Result<f64>| {
+            assert!(matches!(r, Err(Error::Shape { what: "layers (inputs, gradients)", .. })), "{r:?}");
+        };
+        layers_error(fisher_trace_per_parameter(&inputs[..inputs.len() - 1], &grads));
+        layers_error(fisher_trace_per_parameter::<f64>(&[], &[]));
         let short = x.slice(ndarray::s![..2, ..]);
         let mut mixed = inputs.clone();
         mixed[0] = short;
-        assert!(fisher_trace_per_parameter(&mixed, &grads).is_err());
+        let r = fisher_trace_per_parameter(&mixed, &grads);
+        assert!(matches!(r, Err(Error::Shape { what: "examples (inputs, gradients)", found: (2, _), .. })), "{r:?}");
     }
 }
 

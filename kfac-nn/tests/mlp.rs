@@ -161,17 +161,78 @@ fn shards_equal_products() {
     }
 }
 
-/// Wrong input widths and mismatched gradients are errors.
+/// Wrong input widths and mismatched gradients are errors that name what
+/// does not fit.
 #[test]
 fn bad_shapes_are_errors() {
+    use kfac_nn::Error;
     let la = la();
     let mlp = Mlp::<f64>::new(&[4, 3], Activation::Tanh, Activation::Identity, Init::Glorot, 1, &[]).unwrap();
-    assert!(mlp.forward(&*la, Array2::zeros((2, 5)).view(), &mut NoHook).is_err());
+    let shape_error = |r: kfac_nn::Result<_>, name: &str, found: (usize, usize)| match r {
+        Err(e @ Error::Shape { what, found: f, .. }) => {
+            assert_eq!((what, f), (name, found));
+            assert!(e.to_string().contains(name), "{e}");
+        }
+        Err(e) => panic!("expected a shape error about {name}, got {e}"),
+        Ok(_) => panic!("expected a shape error about {name}, got Ok"),
+    };
+    shape_error(mlp.forward(&*la, Array2::zeros((2, 5)).view(), &mut NoHook).map(|_| ()), "input batch", (2, 5));
     let fwd = mlp.forward(&*la, Array2::zeros((2, 4)).view(), &mut NoHook).unwrap();
-    assert!(mlp.backward(&*la, &fwd, Array2::zeros((3, 3)).view(), true, &mut NoHook).is_err());
-    assert!(mlp.backward(&*la, &fwd, Array2::zeros((2, 2)).view(), true, &mut NoHook).is_err());
-    assert!(Mlp::<f64>::new(&[4], Activation::Tanh, Activation::Identity, Init::Glorot, 1, &[]).is_err());
-    assert!(Loss::SquaredError.value(fwd.output(), Array2::zeros((2, 4)).view()).is_err());
+    let back = |g: Array2<f64>| mlp.backward(&*la, &fwd, g.view(), true, &mut NoHook).map(|_| ());
+    shape_error(back(Array2::zeros((3, 3))), "output gradients", (3, 3));
+    shape_error(back(Array2::zeros((2, 2))), "output gradients", (2, 2));
+    match Mlp::<f64>::new(&[4], Activation::Tanh, Activation::Identity, Init::Glorot, 1, &[]) {
+        Err(e @ Error::Config { what: "layer sizes", .. }) => assert!(e.to_string().contains("[4]"), "{e}"),
+        other => panic!("expected a layer-sizes error, got {other:?}"),
+    }
+    shape_error(Loss::SquaredError.value(fwd.output(), Array2::zeros((2, 4)).view()).map(|_| ()), "targets", (2, 4));
+}
+
+/// A backend that counts the products it computes and delegates them to
+/// the sequential faer backend.
+#[derive(Debug, Default)]
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl LinAlg<f32> for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn gemm(
+        &self,
+        alpha: f32,
+        a: ArrayView2<'_, f32>,
+        b: ArrayView2<'_, f32>,
+        beta: f32,
+        c: ndarray::ArrayViewMut2<'_, f32>,
+    ) -> Result<(), kfac::LinAlgError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        kfac::DefaultBackend::default().gemm(alpha, a, b, beta, c)
+    }
+    fn eigh(&self, a: ArrayView2<'_, f32>) -> Result<kfac::SymEig<f32>, kfac::LinAlgError> {
+        kfac::DefaultBackend::default().eigh(a)
+    }
+    fn spd_inverse(&self, a: ArrayView2<'_, f32>) -> Result<Array2<f32>, kfac::LinAlgError> {
+        kfac::DefaultBackend::default().spd_inverse(a)
+    }
+}
+
+/// Batch shards run their products on the backend they are given (its
+/// sequential form), not on a default one: every product of a pass in
+/// shards is counted by the backend handed in.
+#[test]
+fn shards_use_the_backend_they_are_given() {
+    let la = Counting::default();
+    let mut rng = Rng::new(4);
+    let mut mlp = Mlp::<f32>::new(&[6, 5, 3], Activation::Tanh, Activation::Identity, Init::Glorot, 3, &[]).unwrap();
+    mlp.parallelism = Parallelism::Shards;
+    let x = random(300, 6, &mut rng).mapv(|v| v as f32);
+    let fwd = mlp.forward(&la, x.view(), &mut NoHook).unwrap();
+    let forward_products = la.0.load(std::sync::atomic::Ordering::Relaxed);
+    // 300 rows make 3 shards of 128 rows per layer.
+    assert_eq!(forward_products, 2 * 3);
+    let g = Loss::SquaredError.grad(fwd.output(), Array2::zeros((300, 3)).view()).unwrap();
+    mlp.backward(&la, &fwd, g.view(), true, &mut NoHook).unwrap();
+    assert!(la.0.load(std::sync::atomic::Ordering::Relaxed) > forward_products);
 }
 
 /// The sparse initialisation gives each unit exactly `min(15, d_in)` nonzero weights and zero biases.
