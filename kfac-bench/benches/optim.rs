@@ -3,6 +3,8 @@
 //! cores), grouped as `step/<optimizer>-faer` (`kfac-tridiagonal`: K-FAC with
 //! the block-tridiagonal structure; `-adaptive`: Martens & Grosse's step
 //! size, momentum and damping with our defaults, rejected steps included;
+//! `-fd`: the same with the quadratic forms from kfac-core's
+//! finite-difference fallback instead of exact forward-mode products;
 //! `-noreject`: the same without rejection; `-paper`: the paper's rule and
 //! values, without rejection). K-FAC and EKFAC keep their
 //! state across iterations, so their refreshes (every 20 steps) are part of
@@ -15,7 +17,9 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kfac_nn::backend::{Backend, Scalar};
-use kfac_nn::optim::{AdaptiveConfig, BlockStructure, Optimizer, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{
+    AdaptiveConfig, CurvatureProducts, Optimizer, OptimizerConfig, OptimizerKind, Structure, UpdateRule,
+};
 use kfac_nn::rng::Rng;
 use kfac_nn::train::{Task, TaskKind};
 
@@ -29,35 +33,32 @@ fn step(c: &mut Criterion) {
     let la = f32::backend(Backend::Faer, true).unwrap();
     let mut g = c.benchmark_group("step");
     g.sample_size(20);
-    let tridiagonal =
-        OptimizerConfig { structure: BlockStructure::Tridiagonal, ..OptimizerConfig::defaults(OptimizerKind::Kfac) };
-    let adaptive =
-        |kind| OptimizerConfig { adaptive: Some(AdaptiveConfig::default()), ..OptimizerConfig::defaults(kind) };
-    for (name, config) in [
-        ("sgd", OptimizerConfig::defaults(OptimizerKind::Sgd)),
-        ("adam", OptimizerConfig::defaults(OptimizerKind::Adam)),
-        ("kfac", OptimizerConfig::defaults(OptimizerKind::Kfac)),
-        ("kfac-tridiagonal", tridiagonal),
-        ("ekfac", OptimizerConfig::defaults(OptimizerKind::Ekfac)),
-        ("kfac-adaptive", adaptive(OptimizerKind::Kfac)),
-        ("ekfac-adaptive", adaptive(OptimizerKind::Ekfac)),
+    let kfac = |kind, edit: &dyn Fn(&mut kfac_nn::optim::KfacConfig)| {
+        let mut o = OptimizerConfig::defaults(kind);
+        edit(o.kfac_mut().unwrap());
+        o
+    };
+    let adaptive = |kind, a: AdaptiveConfig| kfac(kind, &|k| k.rule = UpdateRule::Adaptive(a.clone()));
+    let (exact, fd) = (CurvatureProducts::Exact, CurvatureProducts::FiniteDifferences);
+    for (name, config, products) in [
+        ("sgd", OptimizerConfig::defaults(OptimizerKind::Sgd), exact),
+        ("adam", OptimizerConfig::defaults(OptimizerKind::Adam), exact),
+        ("kfac", OptimizerConfig::defaults(OptimizerKind::Kfac), exact),
+        ("kfac-tridiagonal", kfac(OptimizerKind::Kfac, &|k| k.curvature.structure = Structure::Tridiagonal), exact),
+        ("ekfac", OptimizerConfig::defaults(OptimizerKind::Ekfac), exact),
+        ("kfac-adaptive", adaptive(OptimizerKind::Kfac, AdaptiveConfig::default()), exact),
+        ("ekfac-adaptive", adaptive(OptimizerKind::Ekfac, AdaptiveConfig::default()), exact),
+        ("kfac-adaptive-fd", adaptive(OptimizerKind::Kfac, AdaptiveConfig::default()), fd),
+        ("ekfac-adaptive-fd", adaptive(OptimizerKind::Ekfac, AdaptiveConfig::default()), fd),
         (
             "kfac-adaptive-noreject",
-            OptimizerConfig {
-                adaptive: Some(AdaptiveConfig { reject: false, ..AdaptiveConfig::default() }),
-                ..OptimizerConfig::defaults(OptimizerKind::Kfac)
-            },
+            adaptive(OptimizerKind::Kfac, AdaptiveConfig { reject: false, ..AdaptiveConfig::default() }),
+            exact,
         ),
-        (
-            "kfac-adaptive-paper",
-            OptimizerConfig {
-                adaptive: Some(AdaptiveConfig::paper()),
-                ..OptimizerConfig::defaults(OptimizerKind::Kfac)
-            },
-        ),
+        ("kfac-adaptive-paper", adaptive(OptimizerKind::Kfac, AdaptiveConfig::paper()), exact),
     ] {
         let mut mlp = task.network::<f32>(0).unwrap();
-        let mut opt = Optimizer::new(config, &mlp).unwrap();
+        let mut opt = Optimizer::with_products(config, &mlp, products).unwrap();
         let mut rng = Rng::new(0);
         g.bench_function(BenchmarkId::new(format!("{name}-faer"), "ae-1000"), |b| {
             b.iter(|| black_box(opt.step(&*la, &mut mlp, x.view(), t.view(), task.loss, &mut rng).unwrap()))

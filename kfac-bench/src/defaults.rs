@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use kfac_nn::optim::{AdaptiveConfig, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{AdaptiveConfig, OptimizerConfig, OptimizerKind, UpdateRule};
 use kfac_nn::report;
 use kfac_nn::train::{self, DataSource, StepRecord, Task, TaskKind, TrainConfig};
 use kfac_nn::{Error, Result};
@@ -243,7 +243,10 @@ pub fn run(config: &DefaultsConfig, progress: &mut dyn FnMut(&Run)) -> Result<St
             let task = Task::load(p.task, &p.data, seed)?;
             for &o in &config.optimizers {
                 for c in &config.candidates {
-                    let optimizer = OptimizerConfig { adaptive: Some(c.adaptive()), ..OptimizerConfig::defaults(o) };
+                    let mut optimizer = OptimizerConfig::defaults(o);
+                    if let Some(k) = optimizer.kfac_mut() {
+                        k.rule = UpdateRule::Adaptive(c.adaptive());
+                    }
                     let mut tc = TrainConfig::new(p.task, optimizer);
                     tc.data = p.data.clone();
                     tc.seed = seed;

@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use kfac_nn::optim::{AdaptiveConfig, BlockStructure, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{AdaptiveConfig, OptimizerConfig, OptimizerKind, Structure, UpdateRule};
 use kfac_nn::report;
 use kfac_nn::train::{self, Metrics, StepRecord, Task, TaskKind, TrainConfig};
 use kfac_nn::{Error, Result};
@@ -87,22 +87,28 @@ pub fn contestants(config: &RaceConfig) -> Vec<Contestant> {
     let mut out = vec![];
     for kind in [OptimizerKind::Sgd, OptimizerKind::Adam, OptimizerKind::Kfac, OptimizerKind::Ekfac] {
         let mut o = OptimizerConfig::defaults(kind);
-        o.refresh_period = config.refresh_period;
-        if kind.is_curvature() {
-            out.push(Contestant { name: kind.name().into(), optimizer: o.clone() });
-            if config.adaptive {
-                let adaptive = OptimizerConfig { adaptive: Some(AdaptiveConfig::default()), ..o.clone() };
-                out.push(Contestant { name: format!("{}-adaptive", kind.name()), optimizer: adaptive });
-            }
-            if kind == OptimizerKind::Kfac {
-                let tridiagonal = OptimizerConfig { structure: BlockStructure::Tridiagonal, ..o.clone() };
-                out.push(Contestant { name: "kfac-tridiagonal".into(), optimizer: tridiagonal });
-            }
-            o.fisher = kfac_nn::loss::FisherMode::Empirical;
-            out.push(Contestant { name: format!("{}-empirical", kind.name()), optimizer: o });
-        } else {
+        let Some(k) = o.kfac_mut() else {
             out.push(Contestant { name: kind.name().into(), optimizer: o });
+            continue;
+        };
+        k.curvature.refresh_period = config.refresh_period;
+        let fixed = k.clone();
+        let with = |edit: &dyn Fn(&mut kfac_nn::optim::KfacConfig)| {
+            let mut k = fixed.clone();
+            edit(&mut k);
+            OptimizerConfig::Kfac(k)
+        };
+        out.push(Contestant { name: kind.name().into(), optimizer: with(&|_| {}) });
+        if config.adaptive {
+            let adaptive = with(&|k| k.rule = UpdateRule::Adaptive(AdaptiveConfig::default()));
+            out.push(Contestant { name: format!("{}-adaptive", kind.name()), optimizer: adaptive });
         }
+        if kind == OptimizerKind::Kfac {
+            let tridiagonal = with(&|k| k.curvature.structure = Structure::Tridiagonal);
+            out.push(Contestant { name: "kfac-tridiagonal".into(), optimizer: tridiagonal });
+        }
+        let empirical = with(&|k| k.curvature.fisher = kfac_nn::loss::FisherMode::Empirical);
+        out.push(Contestant { name: format!("{}-empirical", kind.name()), optimizer: empirical });
     }
     out
 }

@@ -19,9 +19,10 @@
 
 use std::path::Path;
 
+use kfac_core::BlockHealth;
 use kfac_nn::checkpoint;
-use kfac_nn::optim::{OptimizerConfig, OptimizerKind};
-use kfac_nn::train::{self, LayerHealth, RunOptions, Task, TaskKind, TrainConfig};
+use kfac_nn::optim::{OptimizerConfig, OptimizerKind, UpdateRule};
+use kfac_nn::train::{self, RunOptions, Task, TaskKind, TrainConfig};
 
 /// What the soak runs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -66,7 +67,7 @@ pub struct SoakResult {
     /// Training seconds.
     pub seconds: f64,
     /// Each layer's health at the end.
-    pub health: Vec<LayerHealth>,
+    pub health: Vec<BlockHealth>,
 }
 
 impl SoakResult {
@@ -90,7 +91,9 @@ impl SoakResult {
 /// Runs the soak, saving its final checkpoint as `dir/soak.safetensors`.
 pub fn run(config: &SoakConfig, dir: &Path) -> kfac_nn::Result<SoakResult> {
     let mut optimizer = OptimizerConfig::defaults(OptimizerKind::Ekfac);
-    optimizer.damping = config.damping;
+    if let Some(UpdateRule::Fixed(f)) = optimizer.kfac_mut().map(|k| &mut k.rule) {
+        f.damping = config.damping;
+    }
     let mut train = TrainConfig::new(TaskKind::Classifier, optimizer);
     train.steps = config.steps;
     train.batch_size = config.batch_size;

@@ -145,7 +145,8 @@ fn a_small_study_scores_what_direct_training_gives_and_writes_its_files() {
             gamma: None,
             reject: true,
         };
-        let optimizer = OptimizerConfig { adaptive: Some(adaptive), ..OptimizerConfig::defaults(OptimizerKind::Kfac) };
+        let mut optimizer = OptimizerConfig::defaults(OptimizerKind::Kfac);
+        optimizer.kfac_mut().unwrap().rule = kfac_nn::optim::UpdateRule::Adaptive(adaptive);
         let mut tc = TrainConfig::new(TaskKind::Autoencoder, optimizer);
         tc.data = DataSource::Digits;
         tc.seed = 1;

@@ -30,6 +30,7 @@ use crate::scalar::Real;
 
 /// How $\pi$ is chosen in [`Damping::Factored`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 pub enum PiRule {
     /// $\pi^2 = (\operatorname{tr}A/\dim A) / (\operatorname{tr}B/\dim B)$ (Martens & Grosse, eq. 8 ff.).
     #[default]
@@ -40,6 +41,7 @@ pub enum PiRule {
 
 /// The damping of a curvature block, at one step; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 pub enum Damping {
     /// $(\hat F + \lambda I)^{-1}$, exact on the whole block.
     Tikhonov {
@@ -119,6 +121,7 @@ impl fmt::Display for Damping {
 
 /// Which kind of damping a [`DampingSchedule`] produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 pub enum DampingKind {
     /// [`Damping::Tikhonov`].
     #[default]

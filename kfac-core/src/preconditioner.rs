@@ -15,6 +15,7 @@ use crate::tridiagonal::TridiagonalKfac;
 
 /// How the layers' blocks relate to each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 pub enum Structure {
     /// One independent block per layer, of kind [`PreconditionerConfig::block`]:
     /// every covariance between layers is dropped. The default.
@@ -38,6 +39,7 @@ pub enum Structure {
 /// gradients) holds a NaN or an infinity, or whose summed statistics
 /// overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 pub enum NonFinitePolicy {
     /// Leave that layer's statistics and scalings as they were for this
     /// step, count the skip in its [`BlockHealth`] and report it in the
@@ -53,6 +55,7 @@ pub enum NonFinitePolicy {
 
 /// What one [`Preconditioner::update`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct UpdateReport {
     /// Layers whose statistics update was skipped ([`NonFinitePolicy::Skip`]).
     pub skipped: Vec<usize>,
@@ -63,6 +66,7 @@ pub struct UpdateReport {
 /// The complete state of a [`Preconditioner`] (checkpoints); see
 /// [`crate::state`].
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PreconditionerState<T> {
     /// Completed [`Preconditioner::update`] calls.
     pub step: usize,

@@ -35,6 +35,7 @@ use crate::scalar::Real;
 
 /// The shape of a dense layer's parameter matrix $\bar W = [W \mid b]$.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LayerShape {
     /// Number of inputs $d_\text{in}$ (without the bias).
     pub d_in: usize,

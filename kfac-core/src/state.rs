@@ -29,6 +29,7 @@ use crate::shape::LayerShape;
 
 /// The complete state of one curvature block; see the [module docs](self).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BlockState<T> {
     /// The block's kind: `"kfac-eigen"`, `"kfac-inverse"`, `"ekfac"`,
     /// `"diagonal"` or `"dense"`.
@@ -237,6 +238,7 @@ impl<T: Real> StateReader<'_, T> {
 /// entries for the diagonal block. The Cholesky path of K-FAC and the dense
 /// block do not compute eigenvalues and report `None`.
 #[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BlockHealth {
     /// The block's name.
     pub name: String,

@@ -38,7 +38,7 @@ impl std::fmt::Display for Backend {
 }
 
 /// `f32` or `f64`, with a constructor for the backends.
-pub trait Scalar: Real {
+pub trait Scalar: Real + serde::Serialize + for<'de> serde::Deserialize<'de> {
     /// The backend `kind`; `parallel` says whether it may use the threads of
     /// the current rayon pool (else it runs sequentially).
     fn backend(kind: Backend, parallel: bool) -> Result<Box<dyn LinAlg<Self>>>;

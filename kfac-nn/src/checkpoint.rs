@@ -7,14 +7,15 @@
 //! |---|---|---|
 //! | `model.layer{l}.weight` | $d_\text{out} \times d_\text{in}$ | the weights $W$ |
 //! | `model.layer{l}.bias` | $d_\text{out}$ | the bias $b$ |
-//! | `optimizer.{buffer}.{l}` | $d_\text{out} \times (d_\text{in}+1)$ | momentum, or Adam's moments, in the $[W \mid b]$ layout |
+//! | `optimizer.{buffer}.{l}` | $d_\text{out} \times (d_\text{in}+1)$ | momentum (`velocity`), or Adam's moments (`m`, `v`), in the $[W \mid b]$ layout |
 //! | `optimizer.block{l}.{name}` | | the curvature block's statistics and cache ([`kfac::BlockState`]) |
 //!
 //! The header's metadata holds `format` (`kfac-checkpoint`), `version`
-//! ([`VERSION`]), `dtype`, `state` (a JSON record: the run's configuration,
-//! the step, the data order and generator states, the records so far, the
-//! optimizer's counters and each block's kind, shape and scalars) and
-//! `sha256`, the SHA-256 of the whole file with the 64 hex digits of the
+//! ([`VERSION`]), `dtype`, `state` (a JSON record, [`RunState`]: the run's
+//! configuration, the step, the data order and generator states, the
+//! records so far, and the optimizer's state as kfac-core and kfac-nn
+//! serialise it, [`OptimizerState`], with its arrays taken out into the
+//! tensors above) and `sha256`, the SHA-256 of the whole file with the 64 hex digits of the
 //! checksum itself replaced by `0`. Any changed or missing byte is caught
 //! by the checksum or by the checks that follow it (structure, names,
 //! shapes, finiteness, ranges), and is reported as an
@@ -27,27 +28,30 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use kfac::{BlockState, LayerShape, PreconditionerState};
 use ndarray::{Array2, ArrayD, IxDyn};
 use safetensors::{Dtype, SafeTensors, View};
 use sha2::{Digest, Sha256};
 
 use crate::backend::Scalar;
+use crate::config::TrainConfig;
 use crate::data::BatchState;
 use crate::error::{Error, Result};
 use crate::mlp::Mlp;
-use crate::optim::{OptimizerKind, OptimizerState};
-use crate::train::{StepRecord, TestRecord, TrainConfig};
+use crate::optim::OptimizerState;
+use crate::records::{StepRecord, TestRecord};
 
 /// The value of the `format` metadata entry.
 pub const FORMAT: &str = "kfac-checkpoint";
-/// The checkpoint format's version. Files of another version are refused.
-pub const VERSION: u32 = 1;
+/// The checkpoint format's version. Files of another version are refused:
+/// version 1 (kfac 0.1 before the optimizer moved into kfac-core) stored
+/// the optimizer's state in records that no longer exist.
+pub const VERSION: u32 = 2;
 const SUM_KEY: &str = "\"sha256\":\"";
 
 /// Everything of a run that is not a tensor (the `state` metadata entry).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RunState {
+#[serde(bound(serialize = "T: serde::Serialize", deserialize = "T: serde::Deserialize<'de>"))]
+pub struct RunState<T> {
     /// The run's configuration (a resumed run must ask for the same one,
     /// except for the number of steps).
     pub config: TrainConfig,
@@ -65,60 +69,19 @@ pub struct RunState {
     pub test: Vec<TestRecord>,
     /// The layer shapes `(d_in, d_out)`.
     pub layers: Vec<(usize, usize)>,
-    /// The optimizer's kind and counters, and the blocks' non-tensor state.
-    pub optimizer: OptimizerRecord,
-}
-
-/// The non-tensor part of an [`OptimizerState`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct OptimizerRecord {
-    /// Which optimizer.
-    pub kind: OptimizerKind,
-    /// The names of its per-layer buffers.
-    pub buffers: Vec<String>,
-    /// Adam's step counter.
-    pub adam_step: i32,
-    /// Steps skipped for non-finite numbers.
-    pub skipped_steps: usize,
-    /// The preconditioner's step and skip counters, and its blocks.
-    pub preconditioner: Option<PreconditionerRecord>,
-    /// The adaptive machinery's $(\lambda, \gamma, \text{steps})$.
-    #[serde(default)]
-    pub adaptive: Option<(f64, f64, usize)>,
-}
-
-/// The non-tensor part of a [`PreconditionerState`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PreconditionerRecord {
-    /// Completed updates.
-    pub step: usize,
-    /// Skipped statistics updates per layer.
-    pub skipped: Vec<usize>,
-    /// Each block's kind, shape, scalars and tensor names.
-    pub blocks: Vec<BlockRecord>,
-}
-
-/// The non-tensor part of a [`BlockState`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BlockRecord {
-    /// The block's kind.
-    pub kind: String,
-    /// `(d_in, d_out, bias)`.
-    pub shape: (usize, usize, bool),
-    /// Named numbers.
-    pub scalars: BTreeMap<String, f64>,
-    /// The names of its tensors (stored as `optimizer.block{l}.{name}`).
-    pub tensors: Vec<String>,
+    /// The optimizer's state without its arrays (they are tensors of the
+    /// file; empty here).
+    pub optimizer: OptimizerState<T>,
 }
 
 /// A run's complete state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint<T> {
-    /// Everything that is not a tensor.
-    pub run: RunState,
+    /// Everything that is not a tensor (its optimizer state without arrays).
+    pub run: RunState<T>,
     /// The layers' $\bar W = [W \mid b]$.
     pub weights: Vec<Array2<T>>,
-    /// The optimizer.
+    /// The optimizer, arrays included.
     pub optimizer: OptimizerState<T>,
 }
 
@@ -160,8 +123,37 @@ fn tensor<T: Scalar>(a: impl IntoIterator<Item = T>, shape: Vec<usize>) -> Tenso
     Tensor { dtype: dtype::<T>(), shape, bytes }
 }
 
-/// The bytes of a checkpoint of `mlp` and `optimizer` with the run state `run`.
-pub fn encode<T: Scalar>(run: &RunState, mlp: &Mlp<T>, optimizer: &OptimizerState<T>) -> Result<Vec<u8>> {
+/// The per-layer buffers of an optimizer state and the curvature blocks'
+/// tensors, as the file names them: `optimizer.{buffer}.{l}` and
+/// `optimizer.block{l}.{name}`. The state is left without arrays.
+fn take_arrays<T: Scalar>(state: &mut OptimizerState<T>) -> Vec<(String, ArrayD<T>)> {
+    let mut out = Vec::new();
+    let mut buffer = |name: &str, arrays: &mut Vec<Array2<T>>| {
+        for (l, a) in std::mem::take(arrays).into_iter().enumerate() {
+            out.push((format!("optimizer.{name}.{l}"), a.into_dyn()));
+        }
+    };
+    match state {
+        OptimizerState::Sgd { velocity, .. } => buffer("velocity", velocity),
+        OptimizerState::Adam { m, v, .. } => {
+            buffer("m", m);
+            buffer("v", v);
+        }
+        OptimizerState::Kfac(k) => {
+            buffer("velocity", &mut k.velocity);
+            for (l, b) in k.preconditioner.blocks.iter_mut().enumerate() {
+                for (name, t) in std::mem::take(&mut b.tensors) {
+                    out.push((format!("optimizer.block{l}.{name}"), t));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The bytes of a checkpoint of `mlp` with the run state `run` (its
+/// optimizer state complete, arrays included).
+pub fn encode<T: Scalar>(run: &RunState<T>, mlp: &Mlp<T>) -> Result<Vec<u8>> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (l, layer) in mlp.layers.iter().enumerate() {
         let d_in = layer.d_in();
@@ -170,18 +162,11 @@ pub fn encode<T: Scalar>(run: &RunState, mlp: &Mlp<T>, optimizer: &OptimizerStat
         tensors
             .push((format!("model.layer{l}.bias"), tensor(layer.w.column(d_in).iter().copied(), vec![layer.d_out()])));
     }
-    for (name, arrays) in &optimizer.buffers {
-        for (l, a) in arrays.iter().enumerate() {
-            tensors.push((format!("optimizer.{name}.{l}"), tensor(a.iter().copied(), a.shape().to_vec())));
-        }
+    let mut hollow = run.clone();
+    for (name, a) in take_arrays(&mut hollow.optimizer) {
+        tensors.push((name, tensor(a.iter().copied(), a.shape().to_vec())));
     }
-    if let Some(p) = &optimizer.preconditioner {
-        for (l, b) in p.blocks.iter().enumerate() {
-            for (name, t) in &b.tensors {
-                tensors.push((format!("optimizer.block{l}.{name}"), tensor(t.iter().copied(), t.shape().to_vec())));
-            }
-        }
-    }
+    let run = &hollow;
     let json = serde_json::to_string(run)?;
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -225,6 +210,31 @@ fn checksum_position(bytes: &[u8]) -> Option<usize> {
 /// names it in errors.
 pub fn decode<T: Scalar>(bytes: &[u8], path: &Path) -> Result<Checkpoint<T>> {
     let bad = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    let state = header::<T>(bytes, path)?;
+    let run: RunState<T> = serde_json::from_str(&state).map_err(|e| bad(format!("the run state is damaged: {e}")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let mut reader = Reader { st: &st, path, used: 0 };
+    let mut weights = Vec::with_capacity(run.layers.len());
+    for (l, &(d_in, d_out)) in run.layers.iter().enumerate() {
+        let w = reader.matrix(&format!("model.layer{l}.weight"), d_out, d_in)?;
+        let b = reader.read(&format!("model.layer{l}.bias"), &[d_out])?;
+        let mut full = Array2::zeros((d_out, d_in + 1));
+        full.slice_mut(ndarray::s![.., ..d_in]).assign(&w);
+        full.column_mut(d_in).assign(&b.into_dimensionality::<ndarray::Ix1>().map_err(|e| bad(e.to_string()))?);
+        weights.push(full);
+    }
+    let mut optimizer = run.optimizer.clone();
+    fill_arrays(&mut optimizer, &run.layers, &mut reader)?;
+    if reader.used != st.len() {
+        return Err(bad(format!("the file holds {} tensors, {} of them expected", st.len(), reader.used)));
+    }
+    Ok(Checkpoint { run, weights, optimizer })
+}
+
+/// Checks the checksum and the header's metadata (format, version,
+/// precision) and returns the `state` entry.
+fn header<T: Scalar>(bytes: &[u8], path: &Path) -> Result<String> {
+    let bad = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
     let at = checksum_position(bytes).ok_or_else(|| {
         bad("not a kfac checkpoint (no readable header with a checksum); the file may be truncated or damaged".into())
     })?;
@@ -235,15 +245,22 @@ pub fn decode<T: Scalar>(bytes: &[u8], path: &Path) -> Result<Checkpoint<T>> {
     if hex(&Sha256::digest(&zeroed)) != stored {
         return Err(bad("checksum mismatch: the file is damaged or truncated".into()));
     }
-    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("the header has no `{k}` entry")));
     if get("format")? != FORMAT {
         return Err(bad(format!("format `{}`, expected `{FORMAT}`", get("format")?)));
     }
-    if get("version")? != &VERSION.to_string() {
-        return Err(bad(format!("format version {}, this program reads version {VERSION}", get("version")?)));
+    let version = get("version")?;
+    if version == "1" {
+        return Err(bad(format!(
+            "format version 1, written before the K-FAC optimizer moved into kfac-core: its optimizer state is laid \
+             out differently, so this program (format {VERSION}) cannot continue it; resume it with the build that \
+             saved it, or start the run again"
+        )));
+    }
+    if version != &VERSION.to_string() {
+        return Err(bad(format!("format version {version}, this program reads version {VERSION}")));
     }
     let want = if dtype::<T>() == Dtype::F32 { "f32" } else { "f64" };
     if get("dtype")? != want {
@@ -253,16 +270,35 @@ pub fn decode<T: Scalar>(bytes: &[u8], path: &Path) -> Result<Checkpoint<T>> {
             get("dtype")?
         )));
     }
-    let run: RunState =
-        serde_json::from_str(get("state")?).map_err(|e| bad(format!("the run state is damaged: {e}")))?;
-    let mut used = 0usize;
-    let mut read = |name: &str, shape: &[usize]| -> Result<ArrayD<T>> {
-        let t = st.tensor(name).map_err(|_| bad(format!("tensor `{name}` is missing")))?;
+    Ok(get("state")?.clone())
+}
+
+/// Reads tensors of a checkpoint, checking each, and counts them.
+struct Reader<'a, 'b> {
+    st: &'a SafeTensors<'b>,
+    path: &'a Path,
+    used: usize,
+}
+
+impl Reader<'_, '_> {
+    fn bad(&self, reason: String) -> Error {
+        Error::Checkpoint { path: self.path.to_path_buf(), reason }
+    }
+
+    /// The shape of tensor `name`, if the file has it.
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.st.tensor(name).ok().map(|t| t.shape().to_vec())
+    }
+
+    /// Tensor `name`, which must have `shape`, the run's precision and finite values.
+    fn read<T: Scalar>(&mut self, name: &str, shape: &[usize]) -> Result<ArrayD<T>> {
+        let t = self.st.tensor(name).map_err(|_| self.bad(format!("tensor `{name}` is missing")))?;
+        let want = if dtype::<T>() == Dtype::F32 { "f32" } else { "f64" };
         if t.dtype() != dtype::<T>() {
-            return Err(bad(format!("tensor `{name}` is {:?}, expected {want}", t.dtype())));
+            return Err(self.bad(format!("tensor `{name}` is {:?}, expected {want}", t.dtype())));
         }
         if t.shape() != shape {
-            return Err(bad(format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape())));
+            return Err(self.bad(format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape())));
         }
         let width = std::mem::size_of::<T>();
         let values: Vec<T> = t
@@ -277,103 +313,73 @@ pub fn decode<T: Scalar>(bytes: &[u8], path: &Path) -> Result<Checkpoint<T>> {
             })
             .collect();
         if !values.iter().all(|x| x.is_finite()) {
-            return Err(bad(format!("tensor `{name}` holds a non-finite value")));
+            return Err(self.bad(format!("tensor `{name}` holds a non-finite value")));
         }
-        used += 1;
-        ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|e| bad(format!("tensor `{name}`: {e}")))
-    };
-    let mut weights = Vec::with_capacity(run.layers.len());
-    for (l, &(d_in, d_out)) in run.layers.iter().enumerate() {
-        let w = read(&format!("model.layer{l}.weight"), &[d_out, d_in])?;
-        let b = read(&format!("model.layer{l}.bias"), &[d_out])?;
-        let mut full = Array2::zeros((d_out, d_in + 1));
-        full.slice_mut(ndarray::s![.., ..d_in])
-            .assign(&w.into_dimensionality::<ndarray::Ix2>().map_err(|e| bad(e.to_string()))?);
-        full.column_mut(d_in).assign(&b.into_dimensionality::<ndarray::Ix1>().map_err(|e| bad(e.to_string()))?);
-        weights.push(full);
+        self.used += 1;
+        ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|e| self.bad(format!("tensor `{name}`: {e}")))
     }
-    let rec = &run.optimizer;
-    let mut buffers = Vec::new();
-    for name in &rec.buffers {
-        let mut arrays = Vec::new();
-        for (l, &(d_in, d_out)) in run.layers.iter().enumerate() {
-            let a = read(&format!("optimizer.{name}.{l}"), &[d_out, d_in + 1])?;
-            arrays.push(a.into_dimensionality().map_err(|e| bad(format!("{e}")))?);
-        }
-        buffers.push((name.clone(), arrays));
+
+    fn matrix<T: Scalar>(&mut self, name: &str, rows: usize, cols: usize) -> Result<Array2<T>> {
+        let a = self.read(name, &[rows, cols])?;
+        a.into_dimensionality().map_err(|e| self.bad(format!("tensor `{name}`: {e}")))
     }
-    let preconditioner = match &rec.preconditioner {
-        None => None,
-        Some(p) => {
-            let mut blocks = Vec::new();
-            for (l, b) in p.blocks.iter().enumerate() {
-                let mut tensors = BTreeMap::new();
-                for name in &b.tensors {
-                    let full = format!("optimizer.block{l}.{name}");
-                    let info = st.tensor(&full).map_err(|_| bad(format!("tensor `{full}` is missing")))?;
-                    let shape = info.shape().to_vec();
-                    if shape.len() > 2 {
-                        return Err(bad(format!("tensor `{full}` has {} dimensions", shape.len())));
-                    }
-                    tensors.insert(name.clone(), read(&full, &shape)?);
-                }
-                let (d_in, d_out, bias) = b.shape;
-                blocks.push(BlockState {
-                    kind: b.kind.clone(),
-                    shape: LayerShape { d_in, d_out, bias },
-                    tensors,
-                    scalars: b.scalars.clone(),
-                });
+
+    /// One matrix per layer, `optimizer.{name}.{l}`, in the $[W \mid b]$ layout.
+    fn buffer<T: Scalar>(&mut self, name: &str, layers: &[(usize, usize)]) -> Result<Vec<Array2<T>>> {
+        layers
+            .iter()
+            .enumerate()
+            .map(|(l, &(d_in, d_out))| self.matrix(&format!("optimizer.{name}.{l}"), d_out, d_in + 1))
+            .collect()
+    }
+
+    /// Every tensor `optimizer.block{l}.{name}`, by `name`.
+    fn block<T: Scalar>(&mut self, l: usize) -> Result<BTreeMap<String, ArrayD<T>>> {
+        let prefix = format!("optimizer.block{l}.");
+        let names: Vec<String> =
+            self.st.names().into_iter().filter_map(|n| n.strip_prefix(&prefix).map(str::to_string)).collect();
+        let mut tensors = BTreeMap::new();
+        for name in names {
+            let full = format!("{prefix}{name}");
+            let shape = self.shape(&full).unwrap_or_default();
+            if shape.len() > 2 {
+                return Err(self.bad(format!("tensor `{full}` has {} dimensions", shape.len())));
             }
-            Some(PreconditionerState { step: p.step, skipped: p.skipped.clone(), blocks })
+            tensors.insert(name, self.read(&full, &shape)?);
         }
-    };
-    if used != st.len() {
-        return Err(bad(format!("the file holds {} tensors, {used} of them expected", st.len())));
+        Ok(tensors)
     }
-    let optimizer = OptimizerState {
-        kind: rec.kind,
-        buffers,
-        adam_step: rec.adam_step,
-        skipped_steps: rec.skipped_steps,
-        preconditioner,
-        adaptive: rec.adaptive,
-    };
-    Ok(Checkpoint { run, weights, optimizer })
 }
 
-/// The non-tensor record of an optimizer state.
-pub fn optimizer_record<T>(state: &OptimizerState<T>) -> OptimizerRecord {
-    OptimizerRecord {
-        kind: state.kind,
-        buffers: state.buffers.iter().map(|(n, _)| n.clone()).collect(),
-        adam_step: state.adam_step,
-        skipped_steps: state.skipped_steps,
-        adaptive: state.adaptive,
-        preconditioner: state.preconditioner.as_ref().map(|p| PreconditionerRecord {
-            step: p.step,
-            skipped: p.skipped.clone(),
-            blocks: p
-                .blocks
-                .iter()
-                .map(|b| BlockRecord {
-                    kind: b.kind.clone(),
-                    shape: (b.shape.d_in, b.shape.d_out, b.shape.bias),
-                    scalars: b.scalars.clone(),
-                    tensors: b.tensors.keys().cloned().collect(),
-                })
-                .collect(),
-        }),
+/// Puts the file's arrays back into an optimizer state read without them.
+fn fill_arrays<T: Scalar>(
+    state: &mut OptimizerState<T>,
+    layers: &[(usize, usize)],
+    r: &mut Reader<'_, '_>,
+) -> Result<()> {
+    match state {
+        OptimizerState::Sgd { velocity, .. } => *velocity = r.buffer("velocity", layers)?,
+        OptimizerState::Adam { m, v, .. } => {
+            *m = r.buffer("m", layers)?;
+            *v = r.buffer("v", layers)?;
+        }
+        OptimizerState::Kfac(k) => {
+            k.velocity = r.buffer("velocity", layers)?;
+            for (l, b) in k.preconditioner.blocks.iter_mut().enumerate() {
+                b.tensors = r.block(l)?;
+            }
+        }
     }
+    Ok(())
 }
 
 /// Writes a checkpoint atomically (temporary file, sync, rename).
-pub fn save<T: Scalar>(path: &Path, run: &RunState, mlp: &Mlp<T>, optimizer: &OptimizerState<T>) -> Result<()> {
-    let bytes = encode(run, mlp, optimizer).map_err(|e| match e {
+pub fn save<T: Scalar>(path: &Path, run: &RunState<T>, mlp: &Mlp<T>) -> Result<()> {
+    let bytes = encode(run, mlp).map_err(|e| match e {
         Error::Checkpoint { reason, .. } => Error::Checkpoint { path: path.to_path_buf(), reason },
         e => e,
     })?;
-    crate::report::write_atomic(path, &bytes)
+    crate::fs::write_atomic(path, &bytes)
 }
 
 /// Reads and checks a checkpoint.

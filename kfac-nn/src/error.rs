@@ -51,7 +51,7 @@ pub enum Error {
         /// The allowed range.
         why: String,
     },
-    /// A step met a non-finite number (with [`OnNonFinite::Error`](crate::optim::OnNonFinite::Error)).
+    /// A step met a non-finite number (with [`NonFinitePolicy::Error`](crate::optim::NonFinitePolicy::Error)).
     #[error(
         "step {step}: {what} is not finite (a NaN or an infinity in the batch, or an overflow); nothing was changed"
     )]

@@ -6,12 +6,14 @@
 //!   the [`Hook`](mlp::Hook) trait through which a layer hands out its inputs
 //!   $\bar a$ and pre-activation gradients $g$.
 //! - [`loss`]: softmax, sigmoid and squared-error losses as predictive
-//!   distributions that can sample targets, for the true Fisher.
-//! - [`optim`]: SGD (momentum, Nesterov), Adam, K-FAC and EKFAC (on
-//!   `kfac_core`), with KL clipping.
+//!   distributions that can sample targets, for the true Fisher (kfac-core's).
+//! - [`optim`]: SGD (momentum, Nesterov), Adam, and K-FAC and EKFAC through
+//!   kfac-core's optimizer, fixed or adaptive.
 //! - [`data`]: the IDX reader, the embedded MNIST subset and 8×8 digits.
-//! - [`train`]: tasks (the deep MNIST autoencoder, a classifier), the
-//!   training loop and its [`Metrics`](train::Metrics); [`report`] writes them.
+//! - [`config`]: what defines a run; [`train`]: tasks (the deep MNIST
+//!   autoencoder, a classifier) and the training loop; [`records`]: its
+//!   [`Metrics`](records::Metrics); [`report`] writes them and
+//!   [`checkpoint`] saves and resumes runs, through [`fs`]'s atomic writes.
 //!
 //! # Example
 //! Train a classifier on the embedded 8×8 digits with EKFAC for a few steps.
@@ -32,14 +34,25 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod config;
 pub mod curvature;
 pub mod data;
 pub mod error;
-pub mod loss;
+pub mod fs;
 pub mod mlp;
 pub mod optim;
+pub mod records;
 pub mod report;
-pub mod rng;
 pub mod train;
+
+/// The losses (kfac-core's [`kfac::loss`], re-exported).
+pub mod loss {
+    pub use kfac::loss::*;
+}
+
+/// The seeded generator (kfac-core's [`kfac::rng`], re-exported).
+pub mod rng {
+    pub use kfac::rng::*;
+}
 
 pub use error::{Error, Result};

@@ -75,28 +75,7 @@ impl Activation {
     }
 }
 
-/// Elements per parallel task of the elementwise maps.
-const MAP_CHUNK: usize = 1 << 14;
-
-/// `x = f(x)` for every element, in parallel over contiguous chunks (plain
-/// loops that the compiler vectorises) when the view is contiguous.
-pub fn par_map_inplace<T: Scalar>(mut z: ArrayViewMut2<'_, T>, f: impl Fn(T) -> T + Sync + Send) {
-    match z.as_slice_memory_order_mut() {
-        Some(slice) => slice.par_chunks_mut(MAP_CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x = f(*x))),
-        None => z.par_mapv_inplace(f),
-    }
-}
-
-/// The logistic function, computed without overflow.
-#[inline]
-pub fn sigmoid<T: Real>(x: T) -> T {
-    if x >= T::zero() {
-        T::one() / (T::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (T::one() + e)
-    }
-}
+pub use kfac::loss::{par_map_inplace, sigmoid};
 
 /// How the weights are initialised (biases start at zero).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

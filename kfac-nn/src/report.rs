@@ -1,17 +1,20 @@
-//! Writing results: atomic files, `metrics.json` / `metrics.csv`, and plots.
+//! Writing results: `metrics.json` / `metrics.csv`, comparison tables and
+//! plots.
 //!
-//! Every file is written to a temporary name in the same directory, synced
-//! to disk and renamed over the target, so a crash never leaves a truncated
-//! file behind and an existing file is replaced only by a complete one.
+//! Every file is written atomically ([`write_atomic`]): to a temporary name
+//! in the same directory, synced to disk and renamed over the target, so a
+//! crash never leaves a truncated file behind and an existing file is
+//! replaced only by a complete one.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::train::Metrics;
+use crate::fs::temp_path;
+pub use crate::fs::{ensure_dir, write_atomic};
+use crate::records::Metrics;
 
 /// The font used for the plots' text (DejaVu Sans, embedded; its licence is
 /// in `assets/DejaVuSans-LICENSE.txt`).
@@ -24,41 +27,6 @@ fn register_font() {
         // font parses (checked by the tests), so the result is ignored.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     });
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp{ext}", std::process::id()))
-}
-
-/// Replaces `path` by a complete file with `bytes`: write to a temporary
-/// file beside it, sync, rename, sync the directory. A crash at any point
-/// leaves either the old file or the new one, never a partial file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable (a crash after it keeps the new file).
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && let Ok(d) = fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| Error::io(path, e))
-}
-
-/// Creates `dir` (and its parents) if needed.
-pub fn ensure_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Writes `metrics.json`, `metrics.csv` and `loss.png` into `dir`.
@@ -77,7 +45,7 @@ pub fn write_run(dir: &Path, metrics: &Metrics) -> Result<()> {
     write_atomic(&dir.join("metrics.csv"), csv.as_bytes())?;
     let train: Vec<(f64, f64)> = metrics.steps.iter().map(|s| (s.step as f64, s.loss)).collect();
     let test: Vec<(f64, f64)> = metrics.test.iter().map(|t| (t.step as f64, t.loss)).collect();
-    let title = format!("{} on {:?}", metrics.config.optimizer.kind.name(), metrics.config.task);
+    let title = format!("{} on {:?}", metrics.config.optimizer.name(), metrics.config.task);
     plot(&dir.join("loss.png"), &title, "step", &[("train (batch)".into(), train), ("test".into(), test)])
 }
 
@@ -187,8 +155,8 @@ fn log_tick_label(v: f64) -> String {
 pub struct ComparisonRow {
     /// The optimizer.
     pub optimizer: String,
-    /// Its learning rate.
-    pub lr: f64,
+    /// Its learning rate (`None` for the adaptive rule, which has none).
+    pub lr: Option<f64>,
     /// Loss on the whole training split after the last step.
     pub final_loss: f64,
     /// Test loss after the last step.
@@ -224,8 +192,8 @@ pub fn write_comparison(dir: &Path, runs: &[Metrics]) -> Result<String> {
         .map(|m| {
             let med = median_step_seconds(m);
             ComparisonRow {
-                optimizer: m.config.optimizer.kind.name().into(),
-                lr: m.config.optimizer.lr,
+                optimizer: m.config.optimizer.name().into(),
+                lr: m.config.optimizer.lr(),
                 final_loss: m.final_loss,
                 final_test_loss: m.final_test_loss,
                 seconds: m.seconds,
@@ -245,7 +213,7 @@ pub fn write_comparison(dir: &Path, runs: &[Metrics]) -> Result<String> {
     write_atomic(&dir.join("compare.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     let by = |f: &dyn Fn(&crate::train::StepRecord) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
         runs.iter()
-            .map(|m| (m.config.optimizer.kind.name().to_string(), m.steps.iter().map(|s| (f(s), s.loss)).collect()))
+            .map(|m| (m.config.optimizer.name().to_string(), m.steps.iter().map(|s| (f(s), s.loss)).collect()))
             .collect()
     };
     let task = runs.first().map(|m| format!("{:?}", m.config.task)).unwrap_or_default();
@@ -258,7 +226,13 @@ pub fn write_comparison(dir: &Path, runs: &[Metrics]) -> Result<String> {
     for r in &rows {
         table.push_str(&format!(
             "| {} | {} | {:.4} | {:.4} | {:.1} | {:.4} | {:.2} |\n",
-            r.optimizer, r.lr, r.final_loss, r.final_test_loss, r.seconds, r.median_step_seconds, r.step_cost_ratio
+            r.optimizer,
+            r.lr.map_or_else(|| "adaptive".to_string(), |l| l.to_string()),
+            r.final_loss,
+            r.final_test_loss,
+            r.seconds,
+            r.median_step_seconds,
+            r.step_cost_ratio
         ));
     }
     Ok(table)

@@ -10,91 +10,17 @@ use std::time::Instant;
 
 use ndarray::Array2;
 
-use crate::backend::{Backend, Scalar};
+use crate::backend::Scalar;
 use crate::checkpoint::{self, RunState};
 use crate::data::{self, Batches, Dataset};
 use crate::error::{Error, Result};
 use crate::loss::Loss;
 use crate::mlp::{Activation, Init, Mlp, NoHook, Parallelism};
-use crate::optim::{Optimizer, OptimizerConfig};
+use crate::optim::Optimizer;
 use crate::rng::Rng;
 
-/// The problems `kfac train` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskKind {
-    /// The deep MNIST autoencoder 784-1000-500-250-30-250-500-1000-784 of
-    /// Hinton & Salakhutdinov (2006), the benchmark of Martens (2010),
-    /// Martens & Grosse (2015) and George et al. (2018): tanh units, a linear
-    /// 30-unit code, sigmoid output with the Bernoulli cross-entropy summed
-    /// over pixels.
-    Autoencoder,
-    /// A softmax classifier (MNIST: 784-512-256-10; 8×8 digits: 64-128-128-10; tanh).
-    Classifier,
-}
-
-/// Where the examples come from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataSource {
-    /// The 5,000-example MNIST subset embedded in the binary, split by the
-    /// seed into 4,000 training and 1,000 test examples.
-    Mnist5k,
-    /// The 1,797 8×8 digits embedded in the binary, split 80/20 by the seed.
-    Digits,
-    /// The full MNIST IDX files in a directory (60,000 + 10,000).
-    MnistDir(PathBuf),
-}
-
-/// Everything that defines a training run.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TrainConfig {
-    /// The problem.
-    pub task: TaskKind,
-    /// The examples.
-    pub data: DataSource,
-    /// The optimizer and its hyperparameters.
-    pub optimizer: OptimizerConfig,
-    /// Number of steps.
-    pub steps: usize,
-    /// Examples per step.
-    pub batch_size: usize,
-    /// Seed of the split, the initialisation, the batch order and the sampled targets.
-    pub seed: u64,
-    /// The linear-algebra backend.
-    pub backend: Backend,
-    /// How the MLP's products are parallelised.
-    pub parallelism: Parallelism,
-    /// Evaluate the test loss every this many steps (and after the last).
-    pub eval_every: usize,
-    /// `"f32"` or `"f64"` (informational: the run's type parameter decides).
-    pub precision: String,
-}
-
-impl TrainConfig {
-    /// The defaults for `task`: 200 steps of batch 1000 on the embedded
-    /// MNIST subset for the autoencoder, 300 steps of batch 256 on the 8×8
-    /// digits for the classifier; seed 0, the default backend, a test
-    /// evaluation every 20 steps, `f32`.
-    pub fn new(task: TaskKind, optimizer: OptimizerConfig) -> Self {
-        let (data, steps, batch_size) = match task {
-            TaskKind::Autoencoder => (DataSource::Mnist5k, 200, 1000),
-            TaskKind::Classifier => (DataSource::Digits, 300, 256),
-        };
-        Self {
-            task,
-            data,
-            optimizer,
-            steps,
-            batch_size,
-            seed: 0,
-            backend: Backend::default(),
-            parallelism: Parallelism::default(),
-            eval_every: 20,
-            precision: "f32".into(),
-        }
-    }
-}
+pub use crate::config::{DataSource, TaskKind, TrainConfig};
+pub use crate::records::{Metrics, StepRecord, TestRecord};
 
 /// A task ready to train: data, network shape and loss.
 #[derive(Debug, Clone)]
@@ -177,73 +103,6 @@ impl Task {
     }
 }
 
-/// One training step's record.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct StepRecord {
-    /// Step number, from 1.
-    pub step: usize,
-    /// The batch loss before the step's update.
-    pub loss: f64,
-    /// Training seconds since the start (evaluation excluded).
-    pub seconds: f64,
-    /// The KL-clip factor applied to the step (K-FAC and EKFAC with clipping; 1 = not clipped).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub kl_scale: Option<f64>,
-    /// Set when the step changed nothing because this was not finite.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub skipped: Option<String>,
-    /// Layers whose curvature statistics skipped this step's batch (not finite).
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub skipped_statistics: Vec<usize>,
-    /// λ, γ, α, μ, M(δ) and ρ of the adaptive machinery.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub adaptive: Option<crate::optim::AdaptiveRecord>,
-}
-
-/// One layer's health at the end of a run (see `kfac::BlockHealth`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LayerHealth {
-    /// The block's name.
-    pub name: String,
-    /// Smallest eigenvalue of the curvature estimate.
-    pub min_eigenvalue: Option<f64>,
-    /// Largest eigenvalue of the curvature estimate.
-    pub max_eigenvalue: Option<f64>,
-    /// Condition number of the damped estimate.
-    pub condition: Option<f64>,
-    /// The damping.
-    pub damping: Option<f64>,
-    /// Cache rebuilds.
-    pub refreshes: usize,
-    /// Negative eigenvalues of the factors clamped to zero.
-    pub clamped_eigenvalues: usize,
-    /// `f32` decompositions redone in `f64`.
-    pub f64_retries: usize,
-    /// Statistics updates skipped (non-finite batch or overflow).
-    pub skipped_updates: usize,
-    /// Refreshes at which the layer's tridiagonal link fell back to
-    /// block-diagonal (`--structure tridiagonal` only).
-    #[serde(default)]
-    pub fallbacks: usize,
-}
-
-impl From<kfac::BlockHealth> for LayerHealth {
-    fn from(h: kfac::BlockHealth) -> Self {
-        Self {
-            name: h.name,
-            min_eigenvalue: h.min_eigenvalue,
-            max_eigenvalue: h.max_eigenvalue,
-            condition: h.condition.filter(|c| c.is_finite()),
-            damping: h.damping,
-            refreshes: h.refreshes,
-            clamped_eigenvalues: h.clamped_eigenvalues,
-            f64_retries: h.f64_retries,
-            skipped_updates: h.skipped_updates,
-            fallbacks: h.fallbacks,
-        }
-    }
-}
-
 /// Checkpointing of a run (`kfac train --save/--resume`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunOptions {
@@ -253,47 +112,6 @@ pub struct RunOptions {
     pub save_every: Option<usize>,
     /// Continue from this checkpoint.
     pub resume: Option<PathBuf>,
-}
-
-/// A test evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TestRecord {
-    /// After this many steps.
-    pub step: usize,
-    /// Mean test loss.
-    pub loss: f64,
-    /// Test accuracy (classifier).
-    pub accuracy: Option<f64>,
-}
-
-/// What a run produces (written as `metrics.json`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Metrics {
-    /// The configuration.
-    pub config: TrainConfig,
-    /// Threads of the rayon pool the run used.
-    pub threads: usize,
-    /// Per step.
-    pub steps: Vec<StepRecord>,
-    /// At intervals.
-    pub test: Vec<TestRecord>,
-    /// The loss on the whole training split after the last step.
-    pub final_loss: f64,
-    /// The test loss after the last step.
-    pub final_test_loss: f64,
-    /// Training seconds in all.
-    pub seconds: f64,
-    /// Number of parameters.
-    pub parameters: usize,
-    /// Steps that changed nothing because a number was not finite.
-    #[serde(default)]
-    pub skipped_steps: usize,
-    /// Each layer's curvature health at the end (K-FAC and EKFAC).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub health: Vec<LayerHealth>,
-    /// The step the run was resumed from, if it was.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resumed_from: Option<usize>,
 }
 
 /// Trains `task` as `config` says; `progress` sees each step.
@@ -336,7 +154,7 @@ fn config_differences(saved: &TrainConfig, asked: &TrainConfig) -> Result<Vec<St
 ///
 /// Configuration errors; [`Error::Checkpoint`] for a checkpoint that cannot
 /// be read, is damaged, or belongs to another configuration or network;
-/// [`Error::NonFinite`] with [`OnNonFinite::Error`](crate::optim::OnNonFinite::Error).
+/// [`Error::NonFinite`] with [`NonFinitePolicy::Error`](crate::optim::NonFinitePolicy::Error).
 pub fn train_with<T: Scalar>(
     config: &TrainConfig,
     task: &Task,
@@ -354,7 +172,7 @@ pub fn train_with<T: Scalar>(
     let la = &*la;
     let mut mlp = task.network::<T>(config.seed)?;
     mlp.parallelism = config.parallelism;
-    let mut opt = Optimizer::new(config.optimizer.clone(), &mlp)?;
+    let mut opt = Optimizer::with_products(config.optimizer.clone(), &mlp, config.curvature_products)?;
     let mut batches = Batches::new(task.train.len(), config.batch_size, config.seed ^ 0xBA7C);
     let mut rng = Rng::stream(config.seed, 0x005A_3F1E);
     let mut steps = Vec::with_capacity(config.steps);
@@ -406,7 +224,6 @@ pub fn train_with<T: Scalar>(
                 elapsed,
                 steps: &[StepRecord],
                 test: &[TestRecord]| {
-        let state = opt.state();
         let run = RunState {
             config: config.clone(),
             step,
@@ -416,9 +233,9 @@ pub fn train_with<T: Scalar>(
             steps: steps.to_vec(),
             test: test.to_vec(),
             layers: layers.clone(),
-            optimizer: checkpoint::optimizer_record(&state),
+            optimizer: opt.state(),
         };
-        checkpoint::save(path, &run, mlp, &state)
+        checkpoint::save(path, &run, mlp)
     };
     for step in first..=config.steps {
         let idx = batches.next_batch();
@@ -462,10 +279,7 @@ pub fn train_with<T: Scalar>(
         seconds: elapsed,
         parameters: mlp.num_params(),
         skipped_steps: opt.skipped_steps(),
-        health: opt
-            .preconditioner()
-            .map(|p| p.health().into_iter().map(LayerHealth::from).collect())
-            .unwrap_or_default(),
+        health: opt.health(),
         resumed_from: options.resume.as_ref().map(|_| first - 1),
     })
 }

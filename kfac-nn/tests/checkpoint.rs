@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use kfac_nn::Error;
 use kfac_nn::backend::Scalar;
 use kfac_nn::checkpoint;
-use kfac_nn::optim::{BlockStructure, DampingChoice, OnNonFinite, Optimizer, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{
+    AdaptiveConfig, CurvatureConfig, NonFinitePolicy, Optimizer, OptimizerConfig, OptimizerKind, OptimizerState,
+    Structure, UpdateRule,
+};
 use kfac_nn::rng::Rng;
 use kfac_nn::train::{self, Metrics, RunOptions, Task, TaskKind, TrainConfig};
 use proptest::prelude::*;
@@ -41,7 +44,7 @@ fn run<T: Scalar>(config: &TrainConfig, task: &Task, options: &RunOptions) -> kf
 fn resume_matches<T: Scalar>(kind: OptimizerKind, tikhonov_kfac: bool) {
     let (mut config, task) = classifier(kind, 100);
     if tikhonov_kfac {
-        config.optimizer.damping_kind = DampingChoice::Tikhonov; // K-FAC's eigen path
+        config.optimizer.kfac_mut().unwrap().curvature = CurvatureConfig::kfac_eigen();
     }
     let dir = tempdir(&format!("{}-{}-{tikhonov_kfac}", kind.name(), std::mem::size_of::<T>()));
     let whole = run::<T>(&config, &task, &RunOptions::default()).unwrap();
@@ -71,11 +74,11 @@ fn resume_is_bit_for_bit_f32() {
 fn tridiagonal_runs_resume_bit_for_bit() {
     for adaptive in [false, true] {
         let (mut config, task) = classifier(OptimizerKind::Kfac, 60);
-        config.optimizer.structure = BlockStructure::Tridiagonal;
-        config.optimizer.refresh_period = 7;
+        let k = config.optimizer.kfac_mut().unwrap();
+        k.curvature.structure = Structure::Tridiagonal;
+        k.curvature.refresh_period = 7;
         if adaptive {
-            config.optimizer.adaptive =
-                Some(kfac_nn::optim::AdaptiveConfig { lambda: Some(1.0), t2: 10, ..Default::default() });
+            k.rule = UpdateRule::Adaptive(AdaptiveConfig { lambda: Some(1.0), t2: 10, ..Default::default() });
         }
         let dir = tempdir(&format!("tridiagonal-{adaptive}"));
         let whole = run::<f32>(&config, &task, &RunOptions::default()).unwrap();
@@ -98,7 +101,8 @@ fn adaptive_runs_resume_bit_for_bit() {
         [(OptimizerKind::Kfac, Some(1.0)), (OptimizerKind::Ekfac, Some(1.0)), (OptimizerKind::Kfac, None)]
     {
         let (mut config, task) = classifier(kind, 60);
-        config.optimizer.adaptive = Some(kfac_nn::optim::AdaptiveConfig { lambda, t2: 10, ..Default::default() });
+        config.optimizer.kfac_mut().unwrap().rule =
+            UpdateRule::Adaptive(AdaptiveConfig { lambda, t2: 10, ..Default::default() });
         let dir = tempdir(&format!("adaptive-{}-{}", kind.name(), lambda.is_some()));
         let whole = run::<f32>(&config, &task, &RunOptions::default()).unwrap();
         let path = dir.join("ck.safetensors");
@@ -178,10 +182,21 @@ fn foreign_checkpoints_are_refused() {
     for (what, change) in [
         (
             "optimizer.kind",
-            Box::new(|c: &mut TrainConfig| c.optimizer = OptimizerConfig::defaults(OptimizerKind::Kfac))
+            Box::new(|c: &mut TrainConfig| c.optimizer = OptimizerConfig::defaults(OptimizerKind::Adam))
                 as Box<dyn Fn(&mut TrainConfig)>,
         ),
-        ("optimizer.lr", Box::new(|c: &mut TrainConfig| c.optimizer.lr = 0.5)),
+        (
+            "optimizer.curvature.block",
+            Box::new(|c: &mut TrainConfig| c.optimizer = OptimizerConfig::defaults(OptimizerKind::Kfac)),
+        ),
+        (
+            "optimizer.rule.fixed.lr",
+            Box::new(|c: &mut TrainConfig| {
+                if let Some(UpdateRule::Fixed(f)) = c.optimizer.kfac_mut().map(|k| &mut k.rule) {
+                    f.lr = 0.5;
+                }
+            }),
+        ),
         ("batch_size", Box::new(|c: &mut TrainConfig| c.batch_size = 32)),
         ("seed", Box::new(|c: &mut TrainConfig| c.seed = 3)),
     ] {
@@ -207,9 +222,11 @@ fn foreign_checkpoints_are_refused() {
         reason(run::<f32>(&cm, &mnist, &RunOptions { resume: Some(path.clone()), ..Default::default() }).unwrap_err());
     assert!(r.contains("data"), "{r}");
     // Version and format: rewrite the header entries (same lengths), fix the checksum.
-    for (from, to, expect) in
-        [("\"version\":\"1\"", "\"version\":\"9\"", "version 9"), ("kfac-checkpoint", "kfac-checkpoinx", "format")]
-    {
+    for (from, to, expect) in [
+        ("\"version\":\"2\"", "\"version\":\"9\"", "version 9"),
+        ("\"version\":\"2\"", "\"version\":\"1\"", "format version 1, written before the K-FAC optimizer moved"),
+        ("kfac-checkpoint", "kfac-checkpoinx", "format"),
+    ] {
         let mut b = bytes.clone();
         let at = b.windows(from.len()).position(|w| w == from.as_bytes()).unwrap();
         b[at..at + to.len()].copy_from_slice(to.as_bytes());
@@ -302,9 +319,9 @@ fn nan_batches_are_skipped_or_refused() {
     let (config, task) = classifier(OptimizerKind::Ekfac, 1);
     let la = f32::backend(config.backend, true).unwrap();
     for kind in [OptimizerKind::Sgd, OptimizerKind::Adam, OptimizerKind::Kfac, OptimizerKind::Ekfac] {
-        for policy in [OnNonFinite::Skip, OnNonFinite::Error] {
+        for policy in [NonFinitePolicy::Skip, NonFinitePolicy::Error] {
             let mut mlp = task.network::<f32>(0).unwrap();
-            let cfg = OptimizerConfig { on_non_finite: policy, ..OptimizerConfig::defaults(kind) };
+            let cfg = OptimizerConfig::defaults(kind).with_on_non_finite(policy);
             let mut opt = Optimizer::<f32>::new(cfg, &mlp).unwrap();
             let mut rng = Rng::new(1);
             let idx: Vec<usize> = (0..64).collect();
@@ -316,19 +333,33 @@ fn nan_batches_are_skipped_or_refused() {
             bad[[5, 7]] = f32::NAN;
             let r = opt.step(&*la, &mut mlp, bad.view(), t.view(), task.loss, &mut rng);
             match policy {
-                OnNonFinite::Skip => {
+                NonFinitePolicy::Skip => {
                     let r = r.unwrap();
                     assert_eq!(r.skipped, Some("the loss"), "{}", kind.name());
                     assert_eq!(opt.skipped_steps(), 1);
                 }
-                OnNonFinite::Error => assert!(matches!(r, Err(Error::NonFinite { .. })), "{}", kind.name()),
+                NonFinitePolicy::Error => assert!(matches!(r, Err(Error::NonFinite { .. })), "{}", kind.name()),
             }
             for (l, w) in mlp.layers.iter().zip(&weights) {
                 assert_eq!(&l.w, w, "{}: the weights moved", kind.name());
             }
+            // Nothing of the state moved but the skip counter.
             let after = opt.state();
-            assert_eq!(after.buffers, state.buffers);
-            assert_eq!(after.preconditioner, state.preconditioner);
+            let skips = |s: &OptimizerState<f32>| match s {
+                OptimizerState::Sgd { skipped_steps, .. } | OptimizerState::Adam { skipped_steps, .. } => {
+                    *skipped_steps
+                }
+                OptimizerState::Kfac(k) => k.skipped_steps,
+            };
+            assert_eq!(skips(&after), skips(&state) + usize::from(policy == NonFinitePolicy::Skip));
+            let mut same = after.clone();
+            match &mut same {
+                OptimizerState::Sgd { skipped_steps, .. } | OptimizerState::Adam { skipped_steps, .. } => {
+                    *skipped_steps = skips(&state)
+                }
+                OptimizerState::Kfac(k) => k.skipped_steps = skips(&state),
+            }
+            assert_eq!(same, state, "{}: the optimizer's state moved", kind.name());
             opt.step(&*la, &mut mlp, x.view(), t.view(), task.loss, &mut rng).unwrap();
             assert!(mlp.layers.iter().all(|l| l.w.iter().all(|v| v.is_finite())));
         }
@@ -340,23 +371,26 @@ fn nan_batches_are_skipped_or_refused() {
 /// backends to run in parallel.
 #[test]
 fn one_and_two_threads_give_identical_runs() {
-    let tridiagonal =
-        OptimizerConfig { structure: BlockStructure::Tridiagonal, ..OptimizerConfig::defaults(OptimizerKind::Kfac) };
+    let mut tridiagonal = OptimizerConfig::defaults(OptimizerKind::Kfac);
+    tridiagonal.kfac_mut().unwrap().curvature.structure = Structure::Tridiagonal;
     for optimizer in [
         OptimizerConfig::defaults(OptimizerKind::Kfac),
         tridiagonal,
         OptimizerConfig::defaults(OptimizerKind::Ekfac),
         OptimizerConfig::defaults(OptimizerKind::Adam),
     ] {
-        let kind = optimizer.kind;
+        let name = optimizer.name();
         let mut config = TrainConfig::new(TaskKind::Classifier, optimizer);
         config.data = kfac_nn::train::DataSource::Mnist5k;
         config.steps = 12;
         config.batch_size = 500;
         config.eval_every = 6;
-        config.optimizer.refresh_period = 5;
+        let structure = config.optimizer.kfac_mut().map(|k| {
+            k.curvature.refresh_period = 5;
+            k.curvature.structure
+        });
         let task = Task::load(config.task, &config.data, config.seed).unwrap();
-        let dir = tempdir(&format!("threads-{}-{:?}", kind.name(), config.optimizer.structure));
+        let dir = tempdir(&format!("threads-{name}-{structure:?}"));
         let on = |threads: usize| {
             let path = dir.join(format!("{threads}.safetensors"));
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -367,7 +401,7 @@ fn one_and_two_threads_give_identical_runs() {
         };
         let (m1, c1) = on(1);
         let (m2, c2) = on(2);
-        assert_eq!(bits(&m1), bits(&m2), "{}", kind.name());
+        assert_eq!(bits(&m1), bits(&m2), "{name}");
         assert_eq!(m1.final_loss.to_bits(), m2.final_loss.to_bits());
         assert_eq!(c1.weights, c2.weights);
         assert_eq!(c1.optimizer, c2.optimizer);

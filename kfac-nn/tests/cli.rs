@@ -37,7 +37,7 @@ fn train_writes_metrics_csv_and_plot() {
         &out,
     );
     assert_eq!(m["config"]["optimizer"]["kind"], "kfac");
-    assert_eq!(m["config"]["optimizer"]["fisher"], "true");
+    assert_eq!(m["config"]["optimizer"]["curvature"]["fisher"], "true");
     assert_eq!(losses(&m).len(), 12);
     let steps: Vec<u64> = m["test"].as_array().unwrap().iter().map(|t| t["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, vec![5, 10, 12]);
@@ -270,8 +270,8 @@ fn adaptive_runs_record_their_numbers() {
         ],
         &out,
     );
-    assert_eq!(m["config"]["optimizer"]["adaptive"]["lambda"], 10.0);
-    assert_eq!(m["config"]["optimizer"]["adaptive"]["reject"], false);
+    assert_eq!(m["config"]["optimizer"]["rule"]["adaptive"]["lambda"], 10.0);
+    assert_eq!(m["config"]["optimizer"]["rule"]["adaptive"]["reject"], false);
     let steps = m["steps"].as_array().unwrap();
     for key in ["lambda", "gamma", "alpha", "mu", "model_change"] {
         assert!(steps.iter().all(|s| s["adaptive"][key].is_number()), "{key}");
@@ -291,7 +291,7 @@ fn adaptive_runs_record_their_numbers() {
         ],
         &out,
     );
-    assert!(m["config"]["optimizer"]["adaptive"]["lambda"].is_null());
+    assert!(m["config"]["optimizer"]["rule"]["adaptive"].get("lambda").is_some_and(|l| l.is_null()), "{m}");
     let l0 = m["steps"][0]["adaptive"]["lambda"].as_f64().unwrap();
     assert!(l0 > 0.0 && l0 < 150.0, "{l0}");
     // By default (--adaptive-reject true) ρ is measured at every step, and
@@ -302,9 +302,9 @@ fn adaptive_runs_record_their_numbers() {
         &[&["train", "--task", "classifier", "--optimizer", "kfac", "--adaptive", "--steps", "6", "--quiet"]],
         &out,
     );
-    assert_eq!(m["config"]["optimizer"]["adaptive"]["reject"], true);
-    assert!(m["config"]["optimizer"]["adaptive"]["lambda"].is_null());
-    assert_eq!(m["config"]["optimizer"]["adaptive"]["omega"], 0.9);
+    assert_eq!(m["config"]["optimizer"]["rule"]["adaptive"]["reject"], true);
+    assert!(m["config"]["optimizer"]["rule"]["adaptive"].get("lambda").is_some_and(|l| l.is_null()), "{m}");
+    assert_eq!(m["config"]["optimizer"]["rule"]["adaptive"]["omega"], 0.9);
     assert_eq!(m["steps"][0]["adaptive"]["lambda"].as_f64().unwrap(), l0);
     let steps = m["steps"].as_array().unwrap();
     assert!(steps.iter().all(|s| s["adaptive"]["rho"].is_number() && s["adaptive"]["rejected"].is_boolean()));
@@ -328,7 +328,7 @@ fn tridiagonal_kfac_on_the_command_line() {
         ],
         &out,
     );
-    assert_eq!(m["config"]["optimizer"]["structure"], "tridiagonal");
+    assert_eq!(m["config"]["optimizer"]["curvature"]["structure"], "tridiagonal");
     let l = losses(&m);
     assert!(l.last().unwrap() < &l[0], "{l:?}");
     assert!(m["health"].as_array().unwrap().iter().all(|h| h["fallbacks"].is_number()));
@@ -358,7 +358,7 @@ fn tridiagonal_kfac_on_the_command_line() {
         .output()
         .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    assert_eq!(metrics(&out.join("kfac"))["config"]["optimizer"]["structure"], "tridiagonal");
-    assert_eq!(metrics(&out.join("ekfac"))["config"]["optimizer"]["structure"], "diagonal");
+    assert_eq!(metrics(&out.join("kfac"))["config"]["optimizer"]["curvature"]["structure"], "tridiagonal");
+    assert_eq!(metrics(&out.join("ekfac"))["config"]["optimizer"]["curvature"]["structure"], "block-diagonal");
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -16,6 +16,7 @@ use crate::state::{BlockHealth, BlockState, Counters, range};
 
 /// How [`KfacBlock`] inverts its damped factors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 pub enum KfacMethod {
     /// Eigendecompositions $A = U_A \operatorname{diag}(s_A) U_A^\top$,
     /// $B = U_B \operatorname{diag}(s_B) U_B^\top$. Supports both dampings; Tikhonov

@@ -52,6 +52,7 @@ pub const DENSE_LIMIT: usize = 4096;
 
 /// Which block to build; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 pub enum BlockKind {
     /// [`KfacBlock`] with the given inversion method.
     Kfac(KfacMethod),

@@ -14,7 +14,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kfac_nn::backend::{Backend, Scalar};
 use kfac_nn::loss::FisherMode;
 use kfac_nn::mlp::Parallelism;
-use kfac_nn::optim::{AdaptiveConfig, BlockStructure, DampingChoice, OnNonFinite, OptimizerConfig, OptimizerKind};
+use kfac_nn::optim::{
+    AdaptiveConfig, BlockKind, CurvatureProducts, DampingKind, KfacConfig, KfacMethod, NonFinitePolicy,
+    OptimizerConfig, OptimizerKind, PiRule, Structure, UpdateRule,
+};
 use kfac_nn::report;
 use kfac_nn::train::{self, DataSource, Metrics, RunOptions, Task, TaskKind, TrainConfig};
 use kfac_nn::{Error, Result};
@@ -176,6 +179,12 @@ struct Common {
     /// automatic lambda it can diverge, see the README)
     #[arg(long, requires = "adaptive", default_value_t = true, action = clap::ArgAction::Set)]
     adaptive_reject: bool,
+    /// Adaptive: how the quadratic forms u'Fv are computed: exact
+    /// forward-mode products, or kfac-core's finite-difference fallback (two
+    /// forward passes per direction), as a framework without forward mode
+    /// would.
+    #[arg(long, value_enum, default_value_t = ProductsArg::Exact, requires = "adaptive")]
+    adaptive_products: ProductsArg,
     /// Adaptive: bounds of lambda, "MIN,MAX".
     #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1e-8, 1e8], requires = "adaptive")]
     adaptive_bounds: Vec<f64>,
@@ -209,10 +218,11 @@ value_enum!(Opt { Sgd => OptimizerKind::Sgd, Adam => OptimizerKind::Adam, Kfac =
 value_enum!(TaskArg { Autoencoder => TaskKind::Autoencoder, Classifier => TaskKind::Classifier } -> TaskKind);
 value_enum!(FisherArg { True => FisherMode::True, Empirical => FisherMode::Empirical } -> FisherMode);
 value_enum!(BackendArg { Faer => Backend::Faer, Nalgebra => Backend::Nalgebra } -> Backend);
-value_enum!(DampingArg { Tikhonov => DampingChoice::Tikhonov, Factored => DampingChoice::Factored } -> DampingChoice);
+value_enum!(DampingArg { Tikhonov => DampingKind::Tikhonov, Factored => DampingKind::Factored(PiRule::Trace) } -> DampingKind);
 value_enum!(ParArg { Products => Parallelism::Products, Shards => Parallelism::Shards } -> Parallelism);
-value_enum!(NonFiniteArg { Skip => OnNonFinite::Skip, Error => OnNonFinite::Error } -> OnNonFinite);
-value_enum!(StructureArg { Diagonal => BlockStructure::Diagonal, Tridiagonal => BlockStructure::Tridiagonal } -> BlockStructure);
+value_enum!(NonFiniteArg { Skip => NonFinitePolicy::Skip, Error => NonFinitePolicy::Error } -> NonFinitePolicy);
+value_enum!(StructureArg { Diagonal => Structure::BlockDiagonal, Tridiagonal => Structure::Tridiagonal } -> Structure);
+value_enum!(ProductsArg { Exact => CurvatureProducts::Exact, FiniteDifferences => CurvatureProducts::FiniteDifferences } -> CurvatureProducts);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DatasetArg {
@@ -227,77 +237,95 @@ enum Precision {
 }
 
 impl Common {
-    fn config(&self, kind: OptimizerKind) -> Result<TrainConfig> {
+    /// The optimizer's configuration: its defaults, with the options given.
+    fn optimizer(&self, kind: OptimizerKind) -> Result<OptimizerConfig> {
         let mut o = OptimizerConfig::defaults(kind);
-        if let Some(v) = self.lr {
-            o.lr = v;
+        match &mut o {
+            OptimizerConfig::Sgd(c) => {
+                set(&mut c.lr, self.lr);
+                set(&mut c.momentum, self.momentum);
+                c.nesterov = self.nesterov;
+                set(&mut c.l2, self.l2);
+                set(&mut c.on_non_finite, self.on_non_finite.map(Into::into));
+            }
+            OptimizerConfig::Adam(c) => {
+                set(&mut c.lr, self.lr);
+                set(&mut c.l2, self.l2);
+                set(&mut c.on_non_finite, self.on_non_finite.map(Into::into));
+            }
+            OptimizerConfig::Kfac(c) => self.kfac(kind, c)?,
         }
-        if let Some(v) = self.momentum {
-            o.momentum = v;
-        }
-        o.nesterov = self.nesterov;
-        if let Some(v) = self.damping {
-            o.damping = v;
-        }
-        if let Some(v) = self.damping_kind {
-            o.damping_kind = v.into();
-        }
-        o.fisher = self.fisher.into();
-        if let Some(v) = self.decay {
-            o.decay = v;
-        }
-        if let Some(v) = self.stats_period {
-            o.stats_period = v;
-        }
-        if let Some(v) = self.refresh_period {
-            o.refresh_period = v;
-        }
-        if let Some(v) = self.scalings_period {
-            o.scalings_period = v;
-        }
-        if let Some(v) = &self.kl_clip {
-            o.kl_clip = match v.as_str() {
-                "none" | "off" => None,
-                s => Some(s.parse::<f64>().map_err(|_| Error::Config {
-                    what: "kl-clip",
-                    value: s.into(),
-                    why: "a positive number or \"none\"".into(),
-                })?),
-            };
-        }
-        if let Some(v) = self.stats_fraction {
-            o.stats_fraction = v;
-        }
-        if let Some(v) = self.l2 {
-            o.l2 = v;
-        }
-        if let Some(v) = self.on_non_finite {
-            o.on_non_finite = v.into();
-        }
+        Ok(o)
+    }
+
+    /// K-FAC's and EKFAC's knobs. K-FAC uses Cholesky inverses with
+    /// factored damping and the eigen path with Tikhonov damping.
+    fn kfac(&self, kind: OptimizerKind, c: &mut KfacConfig) -> Result<()> {
+        let curv = &mut c.curvature;
+        set(&mut curv.damping_kind, self.damping_kind.map(Into::into));
         if kind == OptimizerKind::Kfac {
-            o.structure = self.structure.into();
-        }
-        if self.adaptive && kind.is_curvature() {
-            let lambda = match self.adaptive_lambda.as_str() {
-                "auto" => None,
-                v => Some(v.parse::<f64>().map_err(|_| Error::Config {
-                    what: "adaptive-lambda",
-                    value: v.into(),
-                    why: "a non-negative number or \"auto\"".into(),
-                })?),
+            curv.structure = self.structure.into();
+            curv.block = match (curv.damping_kind, curv.structure) {
+                (DampingKind::Tikhonov, Structure::BlockDiagonal) => BlockKind::Kfac(KfacMethod::Eigen),
+                _ => BlockKind::Kfac(KfacMethod::Inverse),
             };
-            o.adaptive = Some(AdaptiveConfig {
-                reject: self.adaptive_reject,
-                lambda,
-                omega: self.adaptive_omega,
-                t1: self.adaptive_t1,
-                t2: self.adaptive_t2,
-                lambda_min: self.adaptive_bounds.first().copied().unwrap_or(1e-8),
-                lambda_max: self.adaptive_bounds.get(1).copied().unwrap_or(1e8),
-                gamma: self.adaptive_gamma,
-            });
         }
-        o.validate()?;
+        curv.fisher = self.fisher.into();
+        set(&mut curv.decay, self.decay);
+        set(&mut curv.stats_period, self.stats_period);
+        set(&mut curv.refresh_period, self.refresh_period);
+        set(&mut curv.scalings_period, self.scalings_period);
+        set(&mut curv.stats_fraction, self.stats_fraction);
+        set(&mut c.l2, self.l2);
+        set(&mut c.on_non_finite, self.on_non_finite.map(Into::into));
+        if let UpdateRule::Fixed(f) = &mut c.rule {
+            set(&mut f.lr, self.lr);
+            set(&mut f.momentum, self.momentum);
+            set(&mut f.damping, self.damping);
+            if let Some(v) = &self.kl_clip {
+                f.kl_clip = match v.as_str() {
+                    "none" | "off" => None,
+                    s => Some(s.parse::<f64>().map_err(|_| Error::Config {
+                        what: "kl-clip",
+                        value: s.into(),
+                        why: "a positive number or \"none\"".into(),
+                    })?),
+                };
+            }
+        }
+        if self.adaptive {
+            c.rule = UpdateRule::Adaptive(self.adaptive_config()?);
+        }
+        Ok(())
+    }
+
+    fn adaptive_config(&self) -> Result<AdaptiveConfig> {
+        let lambda = match self.adaptive_lambda.as_str() {
+            "auto" => None,
+            v => Some(v.parse::<f64>().map_err(|_| Error::Config {
+                what: "adaptive-lambda",
+                value: v.into(),
+                why: "a non-negative number or \"auto\"".into(),
+            })?),
+        };
+        Ok(AdaptiveConfig {
+            reject: self.adaptive_reject,
+            lambda,
+            omega: self.adaptive_omega,
+            t1: self.adaptive_t1,
+            t2: self.adaptive_t2,
+            lambda_min: self.adaptive_bounds.first().copied().unwrap_or(1e-8),
+            lambda_max: self.adaptive_bounds.get(1).copied().unwrap_or(1e8),
+            gamma: self.adaptive_gamma,
+        })
+    }
+
+    fn config(&self, kind: OptimizerKind) -> Result<TrainConfig> {
+        let o = self.optimizer(kind)?;
+        match self.precision {
+            Precision::F32 => o.validate::<f32>()?,
+            Precision::F64 => o.validate::<f64>()?,
+        }
         let task: TaskKind = self.task.into();
         let mut c = TrainConfig::new(task, o);
         if let Some(d) = self.dataset {
@@ -309,12 +337,8 @@ impl Common {
         if let Some(dir) = &self.data {
             c.data = DataSource::MnistDir(dir.clone());
         }
-        if let Some(v) = self.steps {
-            c.steps = v;
-        }
-        if let Some(v) = self.batch_size {
-            c.batch_size = v;
-        }
+        set(&mut c.steps, self.steps);
+        set(&mut c.batch_size, self.batch_size);
         if c.steps == 0 || c.batch_size == 0 || self.eval_every == 0 {
             return Err(Error::Config {
                 what: "steps / batch-size / eval-every",
@@ -326,12 +350,20 @@ impl Common {
         c.backend = self.backend.map_or_else(Backend::default, Into::into);
         c.parallelism = self.parallelism.into();
         c.eval_every = self.eval_every;
+        c.curvature_products = self.adaptive_products.into();
         c.precision = match self.precision {
             Precision::F32 => "f32",
             Precision::F64 => "f64",
         }
         .into();
         Ok(c)
+    }
+}
+
+/// `*field = v` when the option was given.
+fn set<V>(field: &mut V, option: Option<V>) {
+    if let Some(v) = option {
+        *field = v;
     }
 }
 
@@ -386,7 +418,7 @@ fn summary(m: &Metrics) -> String {
         .unwrap_or_default();
     format!(
         "{:>6}: final train loss {:.4}, test loss {:.4}{acc}, {} steps in {:.1} s ({:.2} steps/s)",
-        m.config.optimizer.kind.name(),
+        m.config.optimizer.name(),
         m.final_loss,
         m.final_test_loss,
         m.steps.len(),

@@ -19,14 +19,13 @@
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::backend::Scalar;
 use crate::error::{Error, Result};
-use crate::mlp::{par_map_inplace, sigmoid};
 use crate::rng::Rng;
+use crate::scalar::Real;
 
 /// A loss; see the [module docs](self).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 pub enum Loss {
     /// Softmax cross-entropy (one-hot or soft targets).
     SoftmaxCrossEntropy,
@@ -37,8 +36,8 @@ pub enum Loss {
 }
 
 /// Which targets feed the curvature statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
 pub enum FisherMode {
     /// Targets sampled from the model's predictive distribution (the Fisher).
     #[default]
@@ -47,11 +46,35 @@ pub enum FisherMode {
     Empirical,
 }
 
-fn check<T>(s: &ArrayView2<'_, T>, t: &ArrayView2<'_, T>) -> Result<()> {
+fn check<T>(what: &'static str, s: &ArrayView2<'_, T>, t: &ArrayView2<'_, T>) -> Result<()> {
     if s.dim() != t.dim() {
-        return Err(Error::Shape { what: "targets", expected: s.dim(), found: t.dim() });
+        return Err(Error::ShapeMismatch { block: "loss".into(), what, expected: s.dim(), found: t.dim() });
     }
     Ok(())
+}
+
+/// Elements per parallel task of the elementwise maps.
+const MAP_CHUNK: usize = 1 << 14;
+
+/// `x = f(x)` for every element, in parallel over contiguous chunks (plain
+/// loops that the compiler vectorises) when the view is contiguous. The
+/// result does not depend on the thread count.
+pub fn par_map_inplace<T: Real>(mut z: ndarray::ArrayViewMut2<'_, T>, f: impl Fn(T) -> T + Sync + Send) {
+    match z.as_slice_memory_order_mut() {
+        Some(slice) => slice.par_chunks_mut(MAP_CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x = f(*x))),
+        None => z.par_mapv_inplace(f),
+    }
+}
+
+/// The logistic function, computed without overflow.
+#[inline]
+pub fn sigmoid<T: Real>(x: T) -> T {
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
+    }
 }
 
 /// $\log(1 + e^{x})$ without overflow.
@@ -62,8 +85,8 @@ fn softplus(x: f64) -> f64 {
 impl Loss {
     /// The mean over the batch of the per-example losses, accumulated in `f64`
     /// (rows in parallel, summed in a fixed order).
-    pub fn value<T: Scalar>(self, s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> Result<f64> {
-        check(&s, &t)?;
+    pub fn value<T: Real>(self, s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> Result<f64> {
+        check("targets", &s, &t)?;
         let n = s.nrows().max(1) as f64;
         let rows: Vec<f64> = s
             .axis_iter(Axis(0))
@@ -74,7 +97,7 @@ impl Loss {
         Ok(rows.iter().sum::<f64>() / n)
     }
 
-    fn row_value<T: Scalar>(self, row: ArrayView1<'_, T>, trow: ArrayView1<'_, T>) -> f64 {
+    fn row_value<T: Real>(self, row: ArrayView1<'_, T>, trow: ArrayView1<'_, T>) -> f64 {
         let pairs = row.iter().zip(trow.iter()).map(|(&a, &b)| (a.to_f64_exact(), b.to_f64_exact()));
         match self {
             Self::SquaredError => pairs.map(|(x, y)| 0.5 * (x - y).powi(2)).sum(),
@@ -89,7 +112,7 @@ impl Loss {
     }
 
     /// The predictive mean $E[t \mid s]$: softmax, sigmoid or $s$.
-    pub fn mean<T: Scalar>(self, s: ArrayView2<'_, T>) -> Array2<T> {
+    pub fn mean<T: Real>(self, s: ArrayView2<'_, T>) -> Array2<T> {
         let mut p = s.to_owned();
         match self {
             Self::SquaredError => {}
@@ -108,8 +131,8 @@ impl Loss {
 
     /// The per-example gradients $\partial \ell_n / \partial s_n = E[t \mid s_n] - t_n$
     /// (not divided by the batch size).
-    pub fn grad<T: Scalar>(self, s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> Result<Array2<T>> {
-        check(&s, &t)?;
+    pub fn grad<T: Real>(self, s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> Result<Array2<T>> {
+        check("targets", &s, &t)?;
         let mut g = self.mean(s);
         g -= &t;
         Ok(g)
@@ -118,7 +141,7 @@ impl Loss {
     /// Targets drawn from the predictive distribution $p(t \mid s)$: a one-hot
     /// class from the softmax, a 0/1 per output from the sigmoid, $s + \varepsilon$
     /// with $\varepsilon \sim \mathcal N(0, I)$ for the squared error.
-    pub fn sample<T: Scalar>(self, s: ArrayView2<'_, T>, rng: &mut Rng) -> Array2<T> {
+    pub fn sample<T: Real>(self, s: ArrayView2<'_, T>, rng: &mut Rng) -> Array2<T> {
         match self {
             Self::SquaredError => s.mapv(|x| x + T::from_f64_lossy(rng.normal())),
             Self::SigmoidCrossEntropy => {
@@ -148,15 +171,49 @@ impl Loss {
 
     /// The per-example gradients at sampled targets, the input of the true
     /// Fisher statistics: $E[t \mid s_n] - \tilde t_n$, $\tilde t_n \sim p(t \mid s_n)$.
-    pub fn sampled_grad<T: Scalar>(self, s: ArrayView2<'_, T>, rng: &mut Rng) -> Array2<T> {
+    pub fn sampled_grad<T: Real>(self, s: ArrayView2<'_, T>, rng: &mut Rng) -> Array2<T> {
         let t = self.sample(s, rng);
         let mut g = self.mean(s);
         g -= &t;
         g
     }
 
+    /// $H_n r_n$ for every example $n$ (a row of `r`), with $H_n$ the Hessian
+    /// of the per-example loss with respect to the outputs `s` (logits):
+    /// softmax, $\operatorname{diag}(p) - p p^\top$; sigmoid (summed over the
+    /// outputs), $\operatorname{diag}(p \odot (1-p))$; squared error, $I$.
+    /// For these losses it is also the Fisher of the predictive
+    /// distribution in the output space, so that the Fisher of the mean
+    /// loss is $F = \frac1N \sum_n J_n^\top H_n J_n$, $J_n$ the Jacobian of
+    /// example $n$'s outputs with respect to the parameters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShapeMismatch`] when `s` and `r` differ in shape.
+    pub fn hessian_vector<T: Real>(self, s: ArrayView2<'_, T>, r: ArrayView2<'_, T>) -> Result<Array2<T>> {
+        check("output-space direction", &s, &r)?;
+        Ok(match self {
+            Self::SquaredError => r.to_owned(),
+            Self::SigmoidCrossEntropy => {
+                let p = self.mean(s);
+                let mut out = r.to_owned();
+                ndarray::Zip::from(&mut out).and(&p).for_each(|o, &p| *o *= p * (T::one() - p));
+                out
+            }
+            Self::SoftmaxCrossEntropy => {
+                let p = self.mean(s);
+                let mut out = Array2::zeros(r.dim());
+                for ((mut o, p), r) in out.axis_iter_mut(Axis(0)).zip(p.axis_iter(Axis(0))).zip(r.axis_iter(Axis(0))) {
+                    let pr = p.dot(&r);
+                    ndarray::Zip::from(&mut o).and(&p).and(&r).for_each(|o, &p, &r| *o = p * (r - pr));
+                }
+                out
+            }
+        })
+    }
+
     /// Fraction of rows whose arg-max matches the target's (classification accuracy).
-    pub fn accuracy<T: Scalar>(s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> f64 {
+    pub fn accuracy<T: Real>(s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> f64 {
         let argmax = |r: ndarray::ArrayView1<'_, T>| {
             r.iter()
                 .enumerate()
@@ -169,6 +226,6 @@ impl Loss {
 }
 
 /// Sums of squares of a gradient list, for diagnostics.
-pub fn sum_squares<T: Scalar>(xs: &[Array2<T>]) -> f64 {
+pub fn sum_squares<T: Real>(xs: &[Array2<T>]) -> f64 {
     xs.iter().map(|x| x.iter().map(|v| v.to_f64_exact().powi(2)).sum::<f64>()).sum()
 }

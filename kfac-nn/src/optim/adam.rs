@@ -1,0 +1,101 @@
+//! Adam (Kingma & Ba, 2015).
+//!
+//! $$ m \leftarrow \beta_1 m + (1-\beta_1)\nabla,\quad v \leftarrow \beta_2 v + (1-\beta_2)\nabla^{\odot 2},\quad
+//!    \theta \leftarrow \theta - \eta\,\frac{m / (1-\beta_1^t)}{\sqrt{v / (1-\beta_2^t)} + \epsilon}, $$
+//! with $\nabla$ the gradient of the mean batch loss plus $\ell_2\,\theta$.
+
+use kfac::optim::StepReport;
+use kfac::optim::guards::finite;
+use kfac::{LinAlg, NonFinitePolicy};
+use ndarray::{Array2, ArrayView2, Zip};
+
+use super::{add_l2, check_real, refuse};
+use crate::backend::Scalar;
+use crate::error::Result;
+use crate::loss::Loss;
+use crate::mlp::{Mlp, NoHook};
+
+/// The knobs of Adam.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamConfig {
+    /// The learning rate $\eta$.
+    pub lr: f64,
+    /// $\beta_1 \in [0, 1)$.
+    pub beta1: f64,
+    /// $\beta_2 \in [0, 1)$.
+    pub beta2: f64,
+    /// $\epsilon > 0$.
+    pub eps: f64,
+    /// The $\ell_2$ coefficient, added to the gradient as $\ell_2\,\theta$.
+    pub l2: f64,
+    /// What a step does with non-finite numbers.
+    #[serde(default)]
+    pub on_non_finite: NonFinitePolicy,
+}
+
+impl Default for AdamConfig {
+    /// $\eta = 3\cdot10^{-3}$ (the best of the grid on the reference
+    /// autoencoder), $\beta = (0.9, 0.999)$, $\epsilon = 10^{-8}$, $\ell_2 = 10^{-5}$.
+    fn default() -> Self {
+        Self { lr: 3e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 1e-5, on_non_finite: NonFinitePolicy::Skip }
+    }
+}
+
+impl AdamConfig {
+    /// Checks the ranges, in the precision `T` of the run.
+    pub fn validate<T: Scalar>(&self) -> Result<()> {
+        check_real::<T>("lr", self.lr, self.lr > 0.0, "must be positive")?;
+        check_real::<T>("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "must lie in [0, 1)")?;
+        check_real::<T>("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "must lie in [0, 1)")?;
+        check_real::<T>("eps", self.eps, self.eps > 0.0, "must be positive")?;
+        check_real::<T>("l2", self.l2, self.l2 >= 0.0, "must be non-negative")
+    }
+}
+
+/// Adam's state: the moments per layer and the step counter.
+#[derive(Debug)]
+pub(crate) struct Adam<T> {
+    pub config: AdamConfig,
+    pub m: Vec<Array2<T>>,
+    pub v: Vec<Array2<T>>,
+    pub t: i32,
+    pub skipped_steps: usize,
+}
+
+impl<T: Scalar> Adam<T> {
+    pub fn step(
+        &mut self,
+        la: &dyn LinAlg<T>,
+        mlp: &mut Mlp<T>,
+        x: ArrayView2<'_, T>,
+        t: ArrayView2<'_, T>,
+        loss: Loss,
+    ) -> Result<StepReport> {
+        let policy = self.config.on_non_finite;
+        let fwd = mlp.forward(la, x, &mut NoHook)?;
+        let value = loss.value(fwd.output(), t)?;
+        if !value.is_finite() {
+            return refuse(policy, &mut self.skipped_steps, value, "the loss");
+        }
+        let g_out = loss.grad(fwd.output(), t)?;
+        let mut grads = mlp.backward(la, &fwd, g_out.view(), true, &mut NoHook)?;
+        add_l2(&mut grads, mlp, self.config.l2);
+        if !finite(&grads) {
+            return refuse(policy, &mut self.skipped_steps, value, "the gradient");
+        }
+        self.t += 1;
+        let cfg = &self.config;
+        let (b1, b2) = (T::from_f64_lossy(cfg.beta1), T::from_f64_lossy(cfg.beta2));
+        let c1 = T::one() - b1.powi(self.t);
+        let c2 = T::one() - b2.powi(self.t);
+        let (lr, eps) = (T::from_f64_lossy(cfg.lr), T::from_f64_lossy(cfg.eps));
+        for (((layer, m), v), g) in mlp.layers.iter_mut().zip(self.m.iter_mut()).zip(self.v.iter_mut()).zip(&grads) {
+            Zip::from(&mut layer.w).and(&mut *m).and(&mut *v).and(g).for_each(|w, m, v, &g| {
+                *m = b1 * *m + (T::one() - b1) * g;
+                *v = b2 * *v + (T::one() - b2) * g * g;
+                *w -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
+            });
+        }
+        Ok(StepReport::taken(value))
+    }
+}

@@ -1,0 +1,71 @@
+//! The records of a run: one per step, one per test evaluation, and the
+//! whole run's metrics (written as `metrics.json`).
+
+use kfac::BlockHealth;
+use kfac::optim::AdaptiveRecord;
+
+use crate::config::TrainConfig;
+
+/// One training step's record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepRecord {
+    /// Step number, from 1.
+    pub step: usize,
+    /// The batch loss before the step's update.
+    pub loss: f64,
+    /// Training seconds since the start (evaluation excluded).
+    pub seconds: f64,
+    /// The KL-clip factor applied to the step (K-FAC and EKFAC with clipping; 1 = not clipped).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kl_scale: Option<f64>,
+    /// Set when the step changed nothing because this was not finite.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub skipped: Option<String>,
+    /// Layers whose curvature statistics skipped this step's batch (not finite).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub skipped_statistics: Vec<usize>,
+    /// λ, γ, α, μ, M(δ) and ρ of the adaptive machinery.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub adaptive: Option<AdaptiveRecord>,
+}
+
+/// A test evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TestRecord {
+    /// After this many steps.
+    pub step: usize,
+    /// Mean test loss.
+    pub loss: f64,
+    /// Test accuracy (classifier).
+    pub accuracy: Option<f64>,
+}
+
+/// What a run produces (written as `metrics.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Metrics {
+    /// The configuration.
+    pub config: TrainConfig,
+    /// Threads of the rayon pool the run used.
+    pub threads: usize,
+    /// Per step.
+    pub steps: Vec<StepRecord>,
+    /// At intervals.
+    pub test: Vec<TestRecord>,
+    /// The loss on the whole training split after the last step.
+    pub final_loss: f64,
+    /// The test loss after the last step.
+    pub final_test_loss: f64,
+    /// Training seconds in all.
+    pub seconds: f64,
+    /// Number of parameters.
+    pub parameters: usize,
+    /// Steps that changed nothing because a number was not finite.
+    #[serde(default)]
+    pub skipped_steps: usize,
+    /// Each layer's curvature health at the end (K-FAC and EKFAC).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<BlockHealth>,
+    /// The step the run was resumed from, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<usize>,
+}
