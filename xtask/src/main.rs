@@ -133,7 +133,7 @@ fn test() -> Result<(), String> {
         },
         Step {
             name: "tests (kfac-nn, nalgebra feature only)",
-            args: &["test", "-p", "kfac-nn", "--no-default-features", "--features", "nalgebra"],
+            args: &["test", "-p", "kfac-nn", "--no-default-features", "--features", "nalgebra,cli"],
             env: &[],
         },
         Step {
