@@ -43,6 +43,12 @@ pub type DefaultBackend = Faer;
 #[cfg(all(not(feature = "faer"), feature = "nalgebra"))]
 pub type DefaultBackend = Nalgebra;
 
+// This crate's README, compiled and run as a doctest so that its example
+// cannot rot. Only doctests see this item.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;
+
 #[cfg(not(any(feature = "faer", feature = "nalgebra")))]
 compile_error!("kfac: enable at least one backend feature, `faer` (default) or `nalgebra`");
 
