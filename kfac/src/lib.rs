@@ -43,8 +43,13 @@ pub type DefaultBackend = Faer;
 #[cfg(all(not(feature = "faer"), feature = "nalgebra"))]
 pub type DefaultBackend = Nalgebra;
 
-// This crate's README, compiled and run as a doctest so that its example
-// cannot rot. Only doctests see this item.
+// The Rust code blocks of the repository's README and of this crate's README,
+// compiled and run as doctests (`cargo test -p kfac --doc`), so that they
+// cannot rot. Only doctests see these items.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct CrateReadmeDoctests;
