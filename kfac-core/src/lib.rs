@@ -151,6 +151,12 @@
 //! - F. Kunstner, L. Balles, P. Hennig. *Limitations of the Empirical Fisher
 //!   Approximation for Natural Gradient Descent.* NeurIPS 2019.
 
+// This crate's README, compiled and run as a doctest so that its example
+// cannot rot. Only doctests see this item.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod average;
 pub mod blocks;
 pub mod damping;

@@ -50,6 +50,12 @@
 //! overhead. For small matrices (side below a few hundred) one thread is
 //! usually faster than two.
 
+// This crate's README, compiled and run as a doctest so that its example
+// cannot rot. Only doctests see this item.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 use std::num::NonZeroUsize;
 
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};

@@ -44,6 +44,12 @@
 //! # Ok::<(), kfac_core::LinAlgError>(())
 //! ```
 
+// This crate's README, compiled and run as a doctest so that its example
+// cannot rot. Only doctests see this item.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 use std::cmp::Ordering;
 
 use kfac_core::linalg::{check_square_finite, gemm_trivial, mirror_lower_to_upper};

@@ -32,6 +32,12 @@
 //! # Ok::<(), kfac_nn::Error>(())
 //! ```
 
+// This crate's README, compiled and run as a doctest so that its example
+// cannot rot. Only doctests see this item.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod backend;
 pub mod checkpoint;
 pub mod config;

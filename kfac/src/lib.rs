@@ -43,6 +43,17 @@ pub type DefaultBackend = Faer;
 #[cfg(all(not(feature = "faer"), feature = "nalgebra"))]
 pub type DefaultBackend = Nalgebra;
 
+// The Rust code blocks of the repository's README and of this crate's README,
+// compiled and run as doctests (`cargo test -p kfac --doc`), so that they
+// cannot rot. Only doctests see these items.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;
+
 #[cfg(not(any(feature = "faer", feature = "nalgebra")))]
 compile_error!("kfac: enable at least one backend feature, `faer` (default) or `nalgebra`");
 
