@@ -648,6 +648,8 @@ fn writes_the_json_and_both_figures_atomically() {
     assert_eq!(reg["trajectories"].as_array().unwrap().len(), 12);
     assert_eq!(json["misspecification"].as_array().unwrap().len(), 3);
     assert!(reg["cosines"]["ef_vs_ngd"]["median"].is_f64());
+    let md = std::fs::read_to_string(dir.join("empirical_fisher.md")).unwrap();
+    assert_eq!(md, ef::table(study()));
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -676,6 +678,8 @@ fn bad_configurations_are_refused() {
         EmpiricalFisherConfig { points: 0, ..Default::default() },
         EmpiricalFisherConfig { steps: 0, ..Default::default() },
         EmpiricalFisherConfig { per_class: 1, ..Default::default() },
+        EmpiricalFisherConfig { step_size: f64::NAN, ..Default::default() },
+        EmpiricalFisherConfig { step_size: -1e-3, ..Default::default() },
     ] {
         assert!(matches!(ef::run(&config), Err(kfac_nn::Error::Config { .. })));
     }

@@ -1,5 +1,9 @@
 //! Drawing helpers shared by the two figures: clipping, arrows, markers,
 //! contour lines, the legend, and writing a PNG atomically.
+//!
+//! plotters' bitmap backend does not antialias, so a figure is drawn at
+//! [`SS`] times its size and averaged down over $SS \times SS$ pixel blocks.
+//! Every size in pixels in the figures' code goes through [`s`].
 
 use std::path::Path;
 
@@ -20,9 +24,17 @@ pub fn text_err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// The font of every label, sized in pixels.
+/// The supersampling factor.
+pub const SS: u32 = 2;
+
+/// A size in the final image's pixels, in the drawing's pixels.
+pub fn s(pixels: u32) -> u32 {
+    pixels * SS
+}
+
+/// The font of every label, sized in the final image's pixels.
 pub fn font(size: u32) -> TextStyle<'static> {
-    ("sans-serif", size).into_font().into()
+    ("sans-serif", s(size)).into_font().into()
 }
 
 /// Colours of the paper (Paul Tol's high-contrast scheme) and two more.
@@ -44,23 +56,52 @@ pub mod colours {
     pub const CONTOUR: RGBColor = RGBColor(185, 185, 185);
 }
 
-/// Draws a figure of `size` pixels with `draw` into a temporary file beside
-/// `path`, then renames it over `path`: a failure never leaves a partial PNG.
+/// Draws a figure of `size` pixels with `draw` (on a canvas [`SS`] times
+/// larger) into a temporary file beside `path`, then renames it over `path`:
+/// a failure never leaves a partial PNG.
 pub fn save_png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Canvas<'_>) -> DrawResult) -> kfac_nn::Result<()> {
     kfac_nn::report::register_font();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}.tmp.png", std::process::id()));
     let result = (|| {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-        root.fill(&WHITE).map_err(text_err)?;
-        draw(&root)?;
-        root.present().map_err(text_err)
+        let big = (s(size.0), s(size.1));
+        let mut buffer = vec![255u8; 3 * big.0 as usize * big.1 as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buffer, big).into_drawing_area();
+            draw(&root)?;
+            root.present().map_err(text_err)?;
+        }
+        let small = downsample(&buffer, big.0 as usize, big.1 as usize);
+        let mut out = BitMapBackend::new(&tmp, size);
+        out.blit_bitmap((0, 0), size, &small).map_err(text_err)?;
+        out.present().map_err(text_err)
     })();
     let renamed = result.and_then(|()| std::fs::rename(&tmp, path).map_err(text_err));
     renamed.map_err(|reason| {
         let _ = std::fs::remove_file(&tmp);
         kfac_nn::Error::Plot { path: path.to_path_buf(), reason }
     })
+}
+
+/// The mean of each [`SS`] x [`SS`] block of an RGB image `w` x `h` pixels.
+fn downsample(rgb: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let k = SS as usize;
+    let (sw, sh) = (w / k, h / k);
+    let mut out = vec![0u8; 3 * sw * sh];
+    for y in 0..sh {
+        for x in 0..sw {
+            for c in 0..3 {
+                let mut sum = 0u32;
+                for dy in 0..k {
+                    for dx in 0..k {
+                        sum += u32::from(rgb[3 * ((y * k + dy) * w + x * k + dx) + c]);
+                    }
+                }
+                out[3 * (y * sw + x) + c] = ((sum + (k * k / 2) as u32) / (k * k) as u32) as u8;
+            }
+        }
+    }
+    out
 }
 
 /// The part of the segment $[a, b]$ inside the box $[lo, hi]$ (Liang–Barsky).
@@ -133,7 +174,7 @@ pub fn arrow(from: Point, v: Point, head: f64) -> (Point, Vec<Point>) {
 }
 
 /// The vertices of a regular polygon (`star` alternates two radii) of
-/// radius `r` pixels around the origin, first vertex up.
+/// radius `r` pixels of the drawing around the origin, first vertex up.
 pub fn marker_shape(corners: usize, r: f64, star: bool) -> Vec<(i32, i32)> {
     let count = if star { 2 * corners } else { corners };
     (0..count)
@@ -189,26 +230,27 @@ pub enum Swatch {
 pub fn legend(area: &Canvas<'_>, entries: &[(Swatch, &str)], size: u32) -> DrawResult {
     let (w, h) = area.dim_in_pixel();
     let style = font(size);
-    let swatch = 44i32;
+    let px = |v: u32| s(v) as i32;
+    let swatch = px(44);
     let widths: Vec<i32> = entries
         .iter()
         .map(|(_, t)| area.estimate_text_size(t, &style).map(|(tw, _)| tw as i32).unwrap_or(8 * t.len() as i32))
         .collect();
-    let gap = 28;
-    let total: i32 = widths.iter().map(|w| w + swatch + 8 + gap).sum::<i32>() - gap;
-    let mut x = ((w as i32 - total) / 2).max(4);
+    let gap = px(28);
+    let total: i32 = widths.iter().map(|w| w + swatch + px(8) + gap).sum::<i32>() - gap;
+    let mut x = ((w as i32 - total) / 2).max(px(4));
     let y = h as i32 / 2;
-    for ((s, text), tw) in entries.iter().zip(widths) {
-        match *s {
+    for ((swatch_kind, text), tw) in entries.iter().zip(widths) {
+        match *swatch_kind {
             Swatch::Line(c, width) => {
-                area.draw(&PathElement::new(vec![(x, y), (x + swatch, y)], c.stroke_width(width))).map_err(text_err)?
+                area.draw(&PathElement::new(vec![(x, y), (x + swatch, y)], c.stroke_width(s(width)))).map_err(text_err)?
             }
             Swatch::Dashed(c, width) => area
-                .draw(&DashedPathElement::new(vec![(x, y), (x + swatch, y)], 9, 6, c.stroke_width(width)))
+                .draw(&DashedPathElement::new(vec![(x, y), (x + swatch, y)], px(9), px(6), c.stroke_width(s(width))))
                 .map_err(text_err)?,
             Swatch::Marker(corners, r, star) => {
                 let pts: Vec<(i32, i32)> =
-                    marker_shape(corners, r, star).into_iter().map(|(dx, dy)| (x + swatch / 2 + dx, y + dy)).collect();
+                    marker_shape(corners, r * f64::from(SS), star).into_iter().map(|(dx, dy)| (x + swatch / 2 + dx, y + dy)).collect();
                 area.draw(&Polygon::new(pts, BLACK.filled())).map_err(text_err)?
             }
         }
@@ -216,8 +258,8 @@ pub fn legend(area: &Canvas<'_>, entries: &[(Swatch, &str)], size: u32) -> DrawR
             plotters::style::text_anchor::HPos::Left,
             plotters::style::text_anchor::VPos::Center,
         );
-        area.draw(&Text::new(text.to_string(), (x + swatch + 8, y), style.clone().pos(anchor))).map_err(text_err)?;
-        x += swatch + 8 + tw + gap;
+        area.draw(&Text::new(text.to_string(), (x + swatch + px(8), y), style.clone().pos(anchor))).map_err(text_err)?;
+        x += swatch + px(8) + tw + gap;
     }
     Ok(())
 }

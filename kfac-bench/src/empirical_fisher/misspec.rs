@@ -298,7 +298,7 @@ pub fn study_case(
         eigenvalues,
         statistic: observed,
         null,
-        fisher_ellipse: ellipse(la, (&f * n).view(), w, 360)?,
-        empirical_fisher_ellipse: ellipse(la, (&ef * n).view(), w, 360)?,
+        fisher_ellipse: ellipse(la, (&f * n).view(), w, 180)?,
+        empirical_fisher_ellipse: ellipse(la, (&ef * n).view(), w, 180)?,
     })
 }

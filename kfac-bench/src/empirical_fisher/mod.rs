@@ -25,8 +25,9 @@
 //! optimum, and the eigenvalues of $F^{-1}\mathrm{EF}$ against their
 //! bootstrap distribution under the fitted model.
 //!
-//! [`run`] computes everything, [`write`] writes `empirical_fisher.json`,
-//! `empirical_fisher.png` and `empirical_fisher_misspec.png`.
+//! [`run()`] computes everything, [`write()`] writes `empirical_fisher.json`,
+//! `empirical_fisher.md`, `empirical_fisher.png` and
+//! `empirical_fisher_misspec.png`.
 
 pub mod data;
 pub mod draw;
@@ -98,7 +99,7 @@ impl Default for EmpiricalFisherConfig {
             trajectory_fields: Field::ALL.to_vec(),
             steps: 50_000,
             step_size: 1e-3,
-            sample_every: 250,
+            sample_every: 1000,
             per_class: 500,
             replicates: 200,
             sweep_seeds: (0..10).collect(),
@@ -380,8 +381,15 @@ pub fn run(config: &EmpiricalFisherConfig) -> kfac_nn::Result<Study> {
     if config.points < 3 || config.grid < 2 || config.per_class < 3 || config.steps == 0 {
         return Err(kfac_nn::Error::Config {
             what: "empirical-fisher",
-            value: format!("{config:?}"),
+            value: format!("{} points, {} per class, {} grid points, {} steps", config.points, config.per_class, config.grid, config.steps),
             why: "needs at least 3 points, 3 per class, 2 grid points and 1 step".into(),
+        });
+    }
+    if !(config.step_size.is_finite() && config.step_size > 0.0) {
+        return Err(kfac_nn::Error::Config {
+            what: "step-size",
+            value: config.step_size.to_string(),
+            why: "must be positive and finite".into(),
         });
     }
     let data = data::regression(config.points, config.seed);
@@ -397,11 +405,12 @@ pub fn run(config: &EmpiricalFisherConfig) -> kfac_nn::Result<Study> {
     Ok(Study { config: config.clone(), regression, misspecification, sweep, regression_data: data, classes })
 }
 
-/// Writes `empirical_fisher.json`, `empirical_fisher.png` and
-/// `empirical_fisher_misspec.png` into `out`.
+/// Writes `empirical_fisher.json`, `empirical_fisher.md` ([`table`]),
+/// `empirical_fisher.png` and `empirical_fisher_misspec.png` into `out`.
 pub fn write(out: &Path, study: &Study) -> kfac_nn::Result<()> {
     report::ensure_dir(out)?;
     report::write_atomic(&out.join("empirical_fisher.json"), serde_json::to_string_pretty(study)?.as_bytes())?;
+    report::write_atomic(&out.join("empirical_fisher.md"), table(study).as_bytes())?;
     plot::figure(&out.join("empirical_fisher.png"), study)?;
     plot_misspec::figure(&out.join("empirical_fisher_misspec.png"), study)
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use super::draw::{self, Canvas, DrawResult, Swatch, colours, font, text_err};
+use super::draw::{self, Canvas, DrawResult, SS, Swatch, colours, font, s, text_err};
 use super::fields::{Field, LeastSquares, Point, linspace};
 use super::{GridPoint, Study};
 
@@ -48,7 +48,7 @@ fn style(field: Field) -> PathStyle {
 pub fn figure(path: &Path, study: &Study) -> kfac_nn::Result<()> {
     let size = (5 * PANEL.0, PANEL.1 + LEGEND);
     draw::save_png(path, size, |root| {
-        let (top, bottom) = root.split_vertically(PANEL.1);
+        let (top, bottom) = root.split_vertically(s(PANEL.1));
         let panels = top.split_evenly((1, 5));
         data_panel(&panels[0], study)?;
         let specs: [(&str, Field, &[Field]); 4] = [
@@ -80,9 +80,9 @@ fn legend_entries() -> Vec<(Swatch, &'static str)> {
 fn data_panel(area: &Canvas<'_>, study: &Study) -> DrawResult {
     let mut chart = ChartBuilder::on(area)
         .caption("Data", font(22))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(44)
+        .margin(s(12))
+        .x_label_area_size(s(36))
+        .y_label_area_size(s(44))
         .build_cartesian_2d(-1.0..10.0, -2.0..22.0)
         .map_err(text_err)?;
     chart
@@ -100,11 +100,11 @@ fn data_panel(area: &Canvas<'_>, study: &Study) -> DrawResult {
         .map_err(text_err)?;
     let data = &study.regression_data;
     let xs = data.x.column(0);
-    let dots = xs.iter().zip(data.y.iter()).map(|(&x, &y)| Circle::new((x, y), 2, colours::BLUE.mix(0.35).filled()));
+    let dots = xs.iter().zip(data.y.iter()).map(|(&x, &y)| Circle::new((x, y), s(2), colours::BLUE.mix(0.35).filled()));
     chart.draw_series(dots).map_err(text_err)?;
     let [b, theta] = study.regression.optimum;
     let line: Vec<(f64, f64)> = [0.0, 9.0].iter().map(|&x| (x, theta * x + b)).collect();
-    chart.draw_series(DashedLineSeries::new(line, 10, 6, BLACK.stroke_width(3))).map_err(text_err)?;
+    chart.draw_series(DashedLineSeries::new(line, s(10), s(6), BLACK.stroke_width(s(3)))).map_err(text_err)?;
     let label = format!("y = {theta:.3} x + {b:.3}");
     chart.draw_series(std::iter::once(Text::new(label, (-0.5, 20.5), font(16)))).map_err(text_err)?;
     Ok(())
@@ -114,9 +114,9 @@ fn field_panel(area: &Canvas<'_>, study: &Study, title: &str, arrows: Field, pat
     let [lo, hi] = study.config.range;
     let mut chart = ChartBuilder::on(area)
         .caption(title, font(22))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(44)
+        .margin(s(12))
+        .x_label_area_size(s(36))
+        .y_label_area_size(s(44))
         .build_cartesian_2d(lo..hi, lo..hi)
         .map_err(text_err)?;
     chart
@@ -155,7 +155,7 @@ fn contours(chart: &mut Chart<'_, '_>, study: &Study) -> DrawResult {
         let segments = draw::contour(&axis, &axis, &values, level);
         let lines = segments
             .into_iter()
-            .map(|[p, q]| PathElement::new(vec![(p[0], p[1]), (q[0], q[1])], colours::CONTOUR.stroke_width(2)));
+            .map(|[p, q]| PathElement::new(vec![(p[0], p[1]), (q[0], q[1])], colours::CONTOUR.stroke_width(s(2))));
         chart.draw_series(lines).map_err(text_err)?;
     }
     Ok(())
@@ -184,7 +184,7 @@ fn quiver(
             chart
                 .draw_series(std::iter::once(PathElement::new(
                     vec![(p[0], p[1]), (q[0], q[1])],
-                    colours::ARROW.stroke_width(2),
+                    colours::ARROW.stroke_width(s(2)),
                 )))
                 .map_err(text_err)?;
         }
@@ -205,10 +205,10 @@ fn trajectories(chart: &mut Chart<'_, '_>, study: &Study, style: PathStyle, boun
         for piece in draw::clip_polyline(&thinned, bounds.0, bounds.1) {
             if style.dashed {
                 chart
-                    .draw_series(DashedLineSeries::new(piece, 9, 7, style.colour.stroke_width(3)))
+                    .draw_series(DashedLineSeries::new(piece, s(9), s(7), style.colour.stroke_width(s(3))))
                     .map_err(text_err)?;
             } else {
-                chart.draw_series(LineSeries::new(piece, style.colour.stroke_width(5))).map_err(text_err)?;
+                chart.draw_series(LineSeries::new(piece, style.colour.stroke_width(s(5)))).map_err(text_err)?;
             }
         }
     }
@@ -216,12 +216,12 @@ fn trajectories(chart: &mut Chart<'_, '_>, study: &Study, style: PathStyle, boun
 }
 
 fn markers(chart: &mut Chart<'_, '_>, study: &Study, paths: &[Field]) -> DrawResult {
-    let hexagon = draw::marker_shape(6, 7.0, false);
-    let star = draw::marker_shape(5, 10.0, true);
+    let hexagon = draw::marker_shape(6, 7.0 * f64::from(SS), false);
+    let star = draw::marker_shape(5, 10.0 * f64::from(SS), true);
     let at = |p: Point, shape: &Vec<(i32, i32)>| {
         EmptyElement::at((p[0], p[1])) + Polygon::new(shape.clone(), BLACK.filled())
     };
-    chart.draw_series(study.config.starts.iter().map(|&s| at(s, &hexagon))).map_err(text_err)?;
+    chart.draw_series(study.config.starts.iter().map(|&p| at(p, &hexagon))).map_err(text_err)?;
     let ends: Vec<Point> = paths
         .iter()
         .flat_map(|&f| study.config.starts.iter().filter_map(move |&s| study.trajectory(f, s)))

@@ -1,6 +1,7 @@
 //! Figure 2: the three data sets (top) and, at the optimum $w^*$ of each,
 //! the ellipses $\{w : (w - w^*)^\top M (w - w^*) = 9\}$ of $M = N F$ and
-//! $M = N\,\mathrm{EF}$ over the loss contours (bottom).
+//! $M = N\,\mathrm{EF}$ over the loss contours (bottom), titled with the
+//! eigenvalues of $F^{-1}\mathrm{EF}$ and their bootstrap p-value.
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use plotters::prelude::*;
 
 use super::Study;
 use super::data::Classes;
-use super::draw::{self, Canvas, DrawResult, Swatch, colours, font, text_err};
+use super::draw::{self, Canvas, DrawResult, SS, Swatch, colours, font, s, text_err};
 use super::fields::linspace;
 use super::misspec::{CaseResult, Logistic};
 
@@ -19,7 +20,7 @@ const LEGEND: u32 = 56;
 pub fn figure(path: &Path, study: &Study) -> kfac_nn::Result<()> {
     let size = (3 * PANEL.0, 2 * PANEL.1 + LEGEND);
     draw::save_png(path, size, |root| {
-        let (top, bottom) = root.split_vertically(2 * PANEL.1);
+        let (top, bottom) = root.split_vertically(s(2 * PANEL.1));
         let panels = top.split_evenly((2, 3));
         for (k, (case, data)) in study.misspecification.iter().zip(&study.classes).enumerate() {
             data_panel(&panels[k], case, data)?;
@@ -39,9 +40,9 @@ fn data_panel(area: &Canvas<'_>, case: &CaseResult, data: &Classes) -> DrawResul
     let title = format!("{}: data", case.case.title());
     let mut chart = ChartBuilder::on(area)
         .caption(title, font(22))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(44)
+        .margin(s(12))
+        .x_label_area_size(s(36))
+        .y_label_area_size(s(44))
         .build_cartesian_2d(-9.0..9.0, -9.0..9.0)
         .map_err(text_err)?;
     chart
@@ -60,10 +61,10 @@ fn data_panel(area: &Canvas<'_>, case: &CaseResult, data: &Classes) -> DrawResul
     let inside = |x: f64, y: f64| x.abs() <= 9.0 && y.abs() <= 9.0;
     let points = || data.x.rows().into_iter().zip(data.y.iter()).filter(|(r, _)| inside(r[0], r[1]));
     let class0 =
-        points().filter(|(_, y)| **y < 0.5).map(|(r, _)| TriangleMarker::new((r[0], r[1]), 4, colours::BLUE.mix(0.45)));
+        points().filter(|(_, y)| **y < 0.5).map(|(r, _)| TriangleMarker::new((r[0], r[1]), s(4), colours::BLUE.mix(0.45)));
     chart.draw_series(class0).map_err(text_err)?;
     let class1 =
-        points().filter(|(_, y)| **y > 0.5).map(|(r, _)| Cross::new((r[0], r[1]), 3, colours::YELLOW.mix(0.6)));
+        points().filter(|(_, y)| **y > 0.5).map(|(r, _)| Cross::new((r[0], r[1]), s(3), colours::YELLOW.mix(0.6)));
     chart.draw_series(class1).map_err(text_err)?;
     Ok(())
 }
@@ -84,12 +85,12 @@ fn window(case: &CaseResult) -> ([f64; 2], [f64; 2]) {
 fn ellipse_panel(area: &Canvas<'_>, case: &CaseResult, data: &Classes) -> DrawResult {
     let (lo, hi) = window(case);
     let [l1, l2] = case.eigenvalues;
-    let title = format!("eig(F⁻¹ EF) = {l1:.2}, {l2:.2}");
+    let title = format!("eig(F⁻¹ EF) = {l1:.2}, {l2:.2}; p = {:.3}", case.null.p_value);
     let mut chart = ChartBuilder::on(area)
-        .caption(title, font(21))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
+        .caption(title, font(19))
+        .margin(s(12))
+        .x_label_area_size(s(36))
+        .y_label_area_size(s(56))
         .build_cartesian_2d(lo[0]..hi[0], lo[1]..hi[1])
         .map_err(text_err)?;
     chart
@@ -108,12 +109,12 @@ fn ellipse_panel(area: &Canvas<'_>, case: &CaseResult, data: &Classes) -> DrawRe
     contours(&mut chart, data, lo, hi)?;
     let line = |pts: &[[f64; 2]]| draw::clip_polyline(pts, lo, hi);
     for piece in line(&case.fisher_ellipse) {
-        chart.draw_series(LineSeries::new(piece, colours::YELLOW.stroke_width(4))).map_err(text_err)?;
+        chart.draw_series(LineSeries::new(piece, colours::YELLOW.stroke_width(s(4)))).map_err(text_err)?;
     }
     for piece in line(&case.empirical_fisher_ellipse) {
-        chart.draw_series(DashedLineSeries::new(piece, 14, 8, colours::RED.stroke_width(4))).map_err(text_err)?;
+        chart.draw_series(DashedLineSeries::new(piece, s(14), s(8), colours::RED.stroke_width(s(4)))).map_err(text_err)?;
     }
-    let star = draw::marker_shape(5, 9.0, true);
+    let star = draw::marker_shape(5, 9.0 * f64::from(SS), true);
     let w = case.optimum;
     chart
         .draw_series(std::iter::once(EmptyElement::at((w[0], w[1])) + Polygon::new(star, BLACK.filled())))
@@ -139,7 +140,7 @@ fn contours(chart: &mut Chart<'_, '_>, data: &Classes, lo: [f64; 2], hi: [f64; 2
         let segments = draw::contour(&xs, &ys, &values, level);
         let lines = segments
             .into_iter()
-            .map(|[p, q]| PathElement::new(vec![(p[0], p[1]), (q[0], q[1])], colours::CONTOUR.stroke_width(2)));
+            .map(|[p, q]| PathElement::new(vec![(p[0], p[1]), (q[0], q[1])], colours::CONTOUR.stroke_width(s(2))));
         chart.draw_series(lines).map_err(text_err)?;
     }
     Ok(())
