@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use kfac_bench::empirical_fisher::data::{self, Case, Regression};
 use kfac_bench::empirical_fisher::fields::{DAMPING, Field, LeastSquares, PRIOR, Point};
 use kfac_bench::empirical_fisher::trajectories::{Trajectory, distance};
-use kfac_bench::empirical_fisher::{self as ef, EmpiricalFisherConfig, Study, sampling, sweep};
+use kfac_bench::empirical_fisher::{self as ef, EmpiricalFisherConfig, Study, misspec, sampling, sweep};
 use kfac_linalg_faer::Faer;
 
 const EPS: f64 = f64::EPSILON;
@@ -546,7 +546,7 @@ fn misspecified_data_sets_move_the_eigenvalues_away_from_one() {
             }
         }
         let (sf, _) = eig(f);
-        let grad_tol = sf[1] * 2f64.sqrt() * 1e-12 + 2.0 * (n + 4.0) * EPS * mag.sqrt();
+        let grad_tol = sf[1] * 2f64.sqrt() * misspec::NEWTON_TOLERANCE + 2.0 * (n + 4.0) * EPS * mag.sqrt();
         assert!(norm(g) <= grad_tol && res.gradient_at_optimum <= grad_tol, "{:?}: gradient {:?}", res.case, g);
         let mu = pencil(e, f);
         for i in 0..2 {
@@ -683,4 +683,16 @@ fn bad_configurations_are_refused() {
     ] {
         assert!(matches!(ef::run(&config), Err(kfac_nn::Error::Config { .. })));
     }
+}
+
+/// Separable classes have no optimum: Newton's method says so instead of
+/// returning a point.
+#[test]
+fn newton_on_separable_classes_is_an_error() {
+    let x = ndarray::array![[1.0, 0.5], [2.0, -0.5], [-1.0, 0.5], [-2.0, -0.5]];
+    let y = ndarray::array![0.0, 0.0, 1.0, 1.0];
+    let problem = misspec::Logistic::new(&data::Classes { x, y });
+    let la = Faer::sequential();
+    let r = problem.newton(&la, [0.0, 0.0]);
+    assert!(matches!(r, Err(kfac_nn::Error::Data { .. })));
 }

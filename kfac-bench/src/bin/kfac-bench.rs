@@ -75,7 +75,7 @@ enum Command {
         out: PathBuf,
     },
     /// Kunstner et al.'s figures on the empirical Fisher, computed with
-    /// kfac-core's blocks (about 10 s, 1 min more with the seed sweep):
+    /// kfac-core's blocks (about 10 s, and 1.5 min more for the seed sweep):
     /// empirical_fisher.json, empirical_fisher.md, empirical_fisher.png,
     /// empirical_fisher_misspec.png.
     EmpiricalFisher {

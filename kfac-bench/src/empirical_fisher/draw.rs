@@ -242,15 +242,17 @@ pub fn legend(area: &Canvas<'_>, entries: &[(Swatch, &str)], size: u32) -> DrawR
     let y = h as i32 / 2;
     for ((swatch_kind, text), tw) in entries.iter().zip(widths) {
         match *swatch_kind {
-            Swatch::Line(c, width) => {
-                area.draw(&PathElement::new(vec![(x, y), (x + swatch, y)], c.stroke_width(s(width)))).map_err(text_err)?
-            }
+            Swatch::Line(c, width) => area
+                .draw(&PathElement::new(vec![(x, y), (x + swatch, y)], c.stroke_width(s(width))))
+                .map_err(text_err)?,
             Swatch::Dashed(c, width) => area
                 .draw(&DashedPathElement::new(vec![(x, y), (x + swatch, y)], px(9), px(6), c.stroke_width(s(width))))
                 .map_err(text_err)?,
             Swatch::Marker(corners, r, star) => {
-                let pts: Vec<(i32, i32)> =
-                    marker_shape(corners, r * f64::from(SS), star).into_iter().map(|(dx, dy)| (x + swatch / 2 + dx, y + dy)).collect();
+                let pts: Vec<(i32, i32)> = marker_shape(corners, r * f64::from(SS), star)
+                    .into_iter()
+                    .map(|(dx, dy)| (x + swatch / 2 + dx, y + dy))
+                    .collect();
                 area.draw(&Polygon::new(pts, BLACK.filled())).map_err(text_err)?
             }
         }
@@ -258,7 +260,8 @@ pub fn legend(area: &Canvas<'_>, entries: &[(Swatch, &str)], size: u32) -> DrawR
             plotters::style::text_anchor::HPos::Left,
             plotters::style::text_anchor::VPos::Center,
         );
-        area.draw(&Text::new(text.to_string(), (x + swatch + px(8), y), style.clone().pos(anchor))).map_err(text_err)?;
+        area.draw(&Text::new(text.to_string(), (x + swatch + px(8), y), style.clone().pos(anchor)))
+            .map_err(text_err)?;
         x += swatch + px(8) + tw + gap;
     }
     Ok(())

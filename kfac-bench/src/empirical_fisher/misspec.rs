@@ -35,6 +35,16 @@ pub const SHAPE: LayerShape = LayerShape { d_in: 2, d_out: 1, bias: false };
 /// The level of the ellipses, $(w - w^*)^\top M (w - w^*) = 9$.
 pub const LEVEL: f64 = 9.0;
 
+/// Newton's method stops when a step is below this, in the max norm.
+pub const NEWTON_TOLERANCE: f64 = 1e-12;
+
+/// The most iterations Newton's method takes.
+pub const NEWTON_ITERATIONS: usize = 100;
+
+/// A fit whose Fisher has a trace below this fraction of $\operatorname{tr} E[x x^\top]$
+/// is saturated: the classes are separable.
+pub const SATURATION: f64 = 1e-8;
+
 fn sigmoid(z: f64) -> f64 {
     if z >= 0.0 { 1.0 / (1.0 + (-z).exp()) } else { z.exp() / (1.0 + z.exp()) }
 }
@@ -111,20 +121,39 @@ impl Logistic {
     }
 
     /// Newton's method from `start` until the step is below $10^{-12}$ (in
-    /// the max norm) or after 100 iterations: the optimum and the number of
-    /// iterations.
-    pub fn newton(&self, la: &dyn LinAlg<f64>, start: [f64; 2]) -> kfac_core::Result<([f64; 2], usize)> {
+    /// the max norm): the optimum and the number of iterations.
+    ///
+    /// Separable classes have no minimum: the iterates run off until the
+    /// probabilities round to 0 and 1 and the steps vanish. Such a fit is
+    /// refused: when $\operatorname{tr} F < 10^{-8} \operatorname{tr} E[x x^\top]$ at the
+    /// end ([`SATURATION`]), i.e. the weights $p_n(1 - p_n)$ average below
+    /// $10^{-8}$ (probabilities within $10^{-8}$ of 0 or 1).
+    ///
+    /// # Errors
+    ///
+    /// [`kfac_nn::Error::Data`] for separable classes or if 100 iterations do
+    /// not converge; the blocks' errors.
+    pub fn newton(&self, la: &dyn LinAlg<f64>, start: [f64; 2]) -> kfac_nn::Result<([f64; 2], usize)> {
+        let refuse = |reason: String| kfac_nn::Error::Data { name: "logistic regression".into(), reason };
         let mut w = start;
-        for it in 1..=100 {
+        for it in 1..=NEWTON_ITERATIONS {
             let mut fisher = self.fisher(la, w)?;
             fisher.refresh(la, Damping::tikhonov(0.0))?;
             let step = fisher.precondition(la, self.gradient(w).view())?;
             w = [w[0] - step[(0, 0)], w[1] - step[(0, 1)]];
-            if step.iter().all(|s| s.abs() <= 1e-12) {
+            if step.iter().all(|s| s.abs() <= NEWTON_TOLERANCE) {
+                let trace_f = self.fisher(la, w)?.fisher().diag().sum();
+                let trace_x = self.x.iter().map(|v| v * v).sum::<f64>() / self.y.len().max(1) as f64;
+                let saturated = trace_f.partial_cmp(&(SATURATION * trace_x)) != Some(std::cmp::Ordering::Greater);
+                if saturated {
+                    return Err(refuse(format!(
+                        "the fitted probabilities are all 0 or 1 at w = {w:?}: the classes are separable and the loss has no minimum"
+                    )));
+                }
                 return Ok((w, it));
             }
         }
-        Ok((w, 100))
+        Err(refuse(format!("Newton's method has not converged after {NEWTON_ITERATIONS} iterations (w = {w:?})")))
     }
 }
 
@@ -243,7 +272,7 @@ pub fn bootstrap(
     w: [f64; 2],
     replicates: usize,
     rng: &mut Rng,
-) -> kfac_core::Result<Vec<f64>> {
+) -> kfac_nn::Result<Vec<f64>> {
     let p = problem.probabilities(w);
     let mut out = Vec::with_capacity(replicates);
     for _ in 0..replicates {
@@ -279,7 +308,7 @@ pub fn study_case(
     data: &Classes,
     replicates: usize,
     seed: u64,
-) -> kfac_core::Result<CaseResult> {
+) -> kfac_nn::Result<CaseResult> {
     let problem = Logistic::new(data);
     let (w, iterations) = problem.newton(la, [0.0, 0.0])?;
     let (f, ef, eigenvalues) = curvatures(la, &problem, w)?;

@@ -60,8 +60,9 @@ fn data_panel(area: &Canvas<'_>, case: &CaseResult, data: &Classes) -> DrawResul
         .map_err(text_err)?;
     let inside = |x: f64, y: f64| x.abs() <= 9.0 && y.abs() <= 9.0;
     let points = || data.x.rows().into_iter().zip(data.y.iter()).filter(|(r, _)| inside(r[0], r[1]));
-    let class0 =
-        points().filter(|(_, y)| **y < 0.5).map(|(r, _)| TriangleMarker::new((r[0], r[1]), s(4), colours::BLUE.mix(0.45)));
+    let class0 = points()
+        .filter(|(_, y)| **y < 0.5)
+        .map(|(r, _)| TriangleMarker::new((r[0], r[1]), s(4), colours::BLUE.mix(0.45)));
     chart.draw_series(class0).map_err(text_err)?;
     let class1 =
         points().filter(|(_, y)| **y > 0.5).map(|(r, _)| Cross::new((r[0], r[1]), s(3), colours::YELLOW.mix(0.6)));
@@ -112,7 +113,9 @@ fn ellipse_panel(area: &Canvas<'_>, case: &CaseResult, data: &Classes) -> DrawRe
         chart.draw_series(LineSeries::new(piece, colours::YELLOW.stroke_width(s(4)))).map_err(text_err)?;
     }
     for piece in line(&case.empirical_fisher_ellipse) {
-        chart.draw_series(DashedLineSeries::new(piece, s(14), s(8), colours::RED.stroke_width(s(4)))).map_err(text_err)?;
+        chart
+            .draw_series(DashedLineSeries::new(piece, s(14), s(8), colours::RED.stroke_width(s(4))))
+            .map_err(text_err)?;
     }
     let star = draw::marker_shape(5, 9.0 * f64::from(SS), true);
     let w = case.optimum;

@@ -72,7 +72,7 @@ fn regression_part(config: &EmpiricalFisherConfig, seed: u64) -> kfac_core::Resu
 }
 
 /// The regression's and the misspecification test's numbers for `seed`.
-pub fn seed_result(config: &EmpiricalFisherConfig, seed: u64) -> kfac_core::Result<SeedResult> {
+pub fn seed_result(config: &EmpiricalFisherConfig, seed: u64) -> kfac_nn::Result<SeedResult> {
     let mut r = regression_part(config, seed)?;
     let la = Faer::sequential();
     for case in Case::ALL {
@@ -89,6 +89,6 @@ pub fn seed_result(config: &EmpiricalFisherConfig, seed: u64) -> kfac_core::Resu
 }
 
 /// [`seed_result`] for every seed of `config.sweep_seeds`, in parallel.
-pub fn sweep(config: &EmpiricalFisherConfig) -> kfac_core::Result<Vec<SeedResult>> {
+pub fn sweep(config: &EmpiricalFisherConfig) -> kfac_nn::Result<Vec<SeedResult>> {
     config.sweep_seeds.par_iter().map(|&s| seed_result(config, s)).collect()
 }
