@@ -1,5 +1,6 @@
 //! Not a criterion benchmark: the optimizer race, the Fisher-fidelity study,
-//! the soak and the criterion summary, run through `cargo bench` by `cargo xtask
+//! the soak, the empirical-Fisher figures and the criterion summary, run
+//! through `cargo bench` by `cargo xtask
 //! bench` so that they share the benchmarks' build (one compilation).
 //!
 //! It runs only with `KFAC_BENCH_STUDIES=1` (a plain `cargo bench` skips
@@ -12,7 +13,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use kfac_bench::{criterion_summary, fidelity, race, soak};
+use kfac_bench::{criterion_summary, empirical_fisher, fidelity, race, soak};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,6 +43,9 @@ fn run() -> kfac_nn::Result<()> {
     if !failures.is_empty() {
         return Err(kfac_nn::Error::Config { what: "soak", value: failures.join("; "), why: "the soak failed".into() });
     }
+    let ef = empirical_fisher::run(&empirical_fisher::EmpiricalFisherConfig::default())?;
+    empirical_fisher::write(&out, &ef)?;
+    println!("{}", empirical_fisher::table(&ef));
     let n = criterion_summary::write(&dir("KFAC_CRITERION_DIR", "target/criterion"), &out)?;
     println!("{n} criterion benchmarks summarised; results in {}", out.display());
     Ok(())

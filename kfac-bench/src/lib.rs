@@ -12,15 +12,18 @@
 //!   on problems other than the race.
 //! - [`soak`]: 10,000 EKFAC steps with damping $10^{-8}$, and the health
 //!   report of the numerical safeguards.
+//! - [`empirical_fisher`]: Kunstner et al.'s figures on the empirical
+//!   Fisher's limits, reproduced with `kfac_core`'s blocks.
 //!
-//! The `kfac-bench` binary runs the last four:
-//! `cargo run --release -p kfac-bench -- race|fidelity|soak|summary`.
+//! The `kfac-bench` binary runs the studies:
+//! `cargo run --release -p kfac-bench -- race|fidelity|soak|adaptive-defaults|empirical-fisher|summary`.
 
 use kfac_core::{LayerBatch, LayerShape, Real};
 use ndarray::Array2;
 
 pub mod criterion_summary;
 pub mod defaults;
+pub mod empirical_fisher;
 pub mod fidelity;
 pub mod race;
 pub mod soak;

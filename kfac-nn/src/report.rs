@@ -20,7 +20,9 @@ use crate::records::Metrics;
 /// in `assets/DejaVuSans-LICENSE.txt`).
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-fn register_font() {
+/// Registers the embedded font as `"sans-serif"` for plotters, once per
+/// process. Call it before drawing any text.
+pub fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Registration only fails for unparsable font data; the embedded

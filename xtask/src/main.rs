@@ -6,7 +6,8 @@
 //!   instantiates each pair; the `kfac` facade is tested with each backend
 //!   feature), and the docs with warnings denied.
 //! - `cargo xtask bench [--quick]`: the criterion benchmarks, the optimizer
-//!   race and the Fisher-fidelity study; everything lands in
+//!   race, the Fisher-fidelity study, the soak and the empirical-Fisher
+//!   figures (Kunstner et al.); everything lands in
 //!   `target/kfac-bench/` (see the README). `--quick` shortens the criterion
 //!   measurements and runs the race for 100 steps instead of 200.
 //! - `cargo xtask ci`: what `.ci/run` calls; currently `test`.
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
         "bench" => bench(args[1..].iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|bench [--quick]|ci>\n  test   fmt, clippy -D warnings, all tests (both backends), docs -D warnings\n  bench  criterion benchmarks, the optimizer race, the fidelity study, the soak -> target/kfac-bench/\n  ci     what .ci/run calls (= test)"
+                "usage: cargo xtask <test|bench [--quick]|ci>\n  test   fmt, clippy -D warnings, all tests (both backends), docs -D warnings\n  bench  criterion benchmarks, the optimizer race, the fidelity study, the soak, the empirical-Fisher figures -> target/kfac-bench/\n  ci     what .ci/run calls (= test)"
             );
             return if task == "help" || task == "--help" { ExitCode::SUCCESS } else { ExitCode::from(2) };
         }
@@ -102,7 +103,7 @@ fn bench(quick: bool) -> Result<(), String> {
     let steps = [
         Step { name: "criterion benchmarks", args: &criterion_args, env: &[("CRITERION_HOME", &crit_s)] },
         Step {
-            name: "optimizer race, fidelity study, criterion summary",
+            name: "optimizer race, fidelity study, soak, empirical-Fisher figures, criterion summary",
             args: &["bench", "-p", "kfac-bench", "--bench", "studies"],
             env: studies_env,
         },
@@ -113,7 +114,7 @@ fn bench(quick: bool) -> Result<(), String> {
     }
     std::fs::write(out.join("machine.txt"), machine()).map_err(|e| format!("machine.txt: {e}"))?;
     eprintln!(
-        "xtask bench{}: done in {:.0} s; results in {} (race.json, race_*.png, fidelity.json, fidelity*.png, soak.json, criterion.json, criterion.md, machine.txt)",
+        "xtask bench{}: done in {:.0} s; results in {} (race.json, race_*.png, fidelity.json, fidelity*.png, soak.json, empirical_fisher*.png, empirical_fisher.json, empirical_fisher.md, criterion.json, criterion.md, machine.txt)",
         if quick { " --quick" } else { "" },
         start.elapsed().as_secs_f64(),
         out.display()

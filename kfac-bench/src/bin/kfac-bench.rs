@@ -1,12 +1,13 @@
-//! `kfac-bench`: the optimizer race, the Fisher-fidelity study, the soak
-//! and the summary of the criterion benchmarks. `cargo xtask bench` runs
-//! them all.
+//! `kfac-bench`: the optimizer race, the Fisher-fidelity study, the soak,
+//! the adaptive-defaults study, the empirical-Fisher figures and the summary
+//! of the criterion benchmarks. `cargo xtask bench` runs them (all but the
+//! adaptive-defaults study).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kfac_bench::{criterion_summary, defaults, fidelity, race, soak};
+use kfac_bench::{criterion_summary, defaults, empirical_fisher, fidelity, race, soak};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -69,6 +70,25 @@ enum Command {
     /// lambda) on problems other than the race (72 runs, about 37 minutes of
     /// training on 2 cores): defaults.json, defaults.md.
     AdaptiveDefaults {
+        /// Output directory.
+        #[arg(long, default_value = "target/kfac-bench")]
+        out: PathBuf,
+    },
+    /// Kunstner et al.'s figures on the empirical Fisher, computed with
+    /// kfac-core's blocks (about 10 s, and 1.5 min more for the seed sweep):
+    /// empirical_fisher.json, empirical_fisher.md, empirical_fisher.png,
+    /// empirical_fisher_misspec.png.
+    EmpiricalFisher {
+        /// Seed of the data sets and the bootstrap (6: see the study's docs).
+        #[arg(long, default_value_t = empirical_fisher::DEFAULT_SEED)]
+        seed: u64,
+        /// Also measure seeds 0 to N-1 (0: no sweep).
+        #[arg(long, default_value_t = 10)]
+        sweep: u64,
+        /// The Euler step size of the trajectories (the authors' code: 1e-3;
+        /// their appendix: 1e-4).
+        #[arg(long, default_value_t = 1e-3)]
+        step_size: f64,
         /// Output directory.
         #[arg(long, default_value = "target/kfac-bench")]
         out: PathBuf,
@@ -157,6 +177,21 @@ fn run(cli: Cli) -> kfac_nn::Result<()> {
             defaults::write(&out, &study)?;
             print!("{}", defaults::table(&study));
             println!("wrote {} (defaults.json, defaults.md)", out.display());
+        }
+        Command::EmpiricalFisher { seed, sweep, step_size, out } => {
+            let config = empirical_fisher::EmpiricalFisherConfig {
+                seed,
+                sweep_seeds: (0..sweep).collect(),
+                step_size,
+                ..Default::default()
+            };
+            let study = empirical_fisher::run(&config)?;
+            empirical_fisher::write(&out, &study)?;
+            print!("{}", empirical_fisher::table(&study));
+            println!(
+                "wrote {} (empirical_fisher.json, empirical_fisher.md, empirical_fisher.png, empirical_fisher_misspec.png)",
+                out.display()
+            );
         }
         Command::Summary { criterion, out } => {
             let n = criterion_summary::write(&criterion, &out)?;
