@@ -87,6 +87,11 @@ impl<T: Real> BlockState<T> {
         self.scalar("count.refreshes", c.refreshes as f64);
         self.scalar("count.clamped", c.clamped as f64);
         self.scalar("count.f64_retries", c.f64_retries as f64);
+        // Written only when there were some, so that the states of blocks
+        // that never fell back are those of earlier versions.
+        if c.eigen_fallbacks > 0 {
+            self.scalar("count.eigen_fallbacks", c.eigen_fallbacks as f64);
+        }
     }
 
     /// A reader that checks kind and shape, and then every entry it is asked
@@ -111,6 +116,7 @@ pub(crate) struct Counters {
     pub refreshes: usize,
     pub clamped: usize,
     pub f64_retries: usize,
+    pub eigen_fallbacks: usize,
 }
 
 /// Reads a [`BlockState`], checking each entry.
@@ -215,6 +221,11 @@ impl<T: Real> StateReader<'_, T> {
             refreshes: self.count("count.refreshes")?,
             clamped: self.count("count.clamped")?,
             f64_retries: self.count("count.f64_retries")?,
+            eigen_fallbacks: if self.state.scalars.contains_key("count.eigen_fallbacks") {
+                self.count("count.eigen_fallbacks")?
+            } else {
+                0
+            },
         })
     }
 
@@ -266,6 +277,11 @@ pub struct BlockHealth {
     /// block-diagonal because its conditional covariance was not numerically
     /// positive definite; always 0 for the block-diagonal structure.
     pub fallbacks: usize,
+    /// Damped factors whose Cholesky inverse failed, in `f32` and in `f64`
+    /// (numerically singular: their round-off exceeded the damping), and
+    /// that were inverted through their eigendecomposition instead, with
+    /// the eigenvalues raised to the damping (K-FAC's Cholesky path).
+    pub eigen_fallbacks: usize,
 }
 
 impl BlockHealth {
@@ -291,6 +307,7 @@ impl BlockHealth {
             f64_retries: c.f64_retries,
             skipped_updates: 0,
             fallbacks: 0,
+            eigen_fallbacks: c.eigen_fallbacks,
         }
     }
 }
