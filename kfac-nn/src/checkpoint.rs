@@ -21,8 +21,21 @@
 //! [`Error::Checkpoint`]; nothing is allocated from an unchecked size (the
 //! file is read whole, and every size is checked against its length).
 //!
+//! The checks also refuse a run state that no run can have written
+//! ([`check_run`]): records that do not count the steps from 1, negative or
+//! non-finite seconds, counters beyond the step, Adam second moments below
+//! zero, an adaptive $\lambda$ outside its bounds. Numbers of the run state
+//! that are not finite (the loss of a skipped step) are written as in
+//! [`crate::nonfinite`], so they read back as they were.
+//!
 //! Saving is atomic ([`write_atomic`](crate::report::write_atomic)): a crash
-//! during a save leaves the previous checkpoint intact.
+//! during a save leaves the previous checkpoint intact. A checkpoint is
+//! decoded, with every check of the loader, before it is written: a save
+//! never leaves a file that [`load`] would refuse.
+//!
+//! Version 2 added `data` (the SHA-256 of the training and test data, so
+//! that a resume notices replaced data files) and the faithful non-finite
+//! numbers; version-1 files are refused with a message saying so.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,7 +55,7 @@ use crate::train::{StepRecord, TestRecord, TrainConfig};
 /// The value of the `format` metadata entry.
 pub const FORMAT: &str = "kfac-checkpoint";
 /// The checkpoint format's version. Files of another version are refused.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const SUM_KEY: &str = "\"sha256\":\"";
 
 /// Everything of a run that is not a tensor (the `state` metadata entry).
@@ -54,6 +67,7 @@ pub struct RunState {
     /// Steps completed.
     pub step: usize,
     /// Training seconds so far.
+    #[serde(with = "crate::nonfinite")]
     pub seconds: f64,
     /// The data order.
     pub batches: BatchState,
@@ -67,6 +81,9 @@ pub struct RunState {
     pub layers: Vec<(usize, usize)>,
     /// The optimizer's kind and counters, and the blocks' non-tensor state.
     pub optimizer: OptimizerRecord,
+    /// The SHA-256 of the training and test data, in hex
+    /// ([`Task::fingerprint`](crate::train::Task::fingerprint)).
+    pub data: String,
 }
 
 /// The non-tensor part of an [`OptimizerState`].
@@ -83,8 +100,22 @@ pub struct OptimizerRecord {
     /// The preconditioner's step and skip counters, and its blocks.
     pub preconditioner: Option<PreconditionerRecord>,
     /// The adaptive machinery's $(\lambda, \gamma, \text{steps})$.
-    #[serde(default)]
+    #[serde(default, with = "adaptive_triple")]
     pub adaptive: Option<(f64, f64, usize)>,
+}
+
+/// `Option<(f64, f64, usize)>` with the numbers of [`crate::nonfinite`].
+mod adaptive_triple {
+    use crate::nonfinite::Number;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &Option<(f64, f64, usize)>, s: S) -> Result<S::Ok, S::Error> {
+        x.map(|(a, b, n)| (Number(a), Number(b), n)).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(f64, f64, usize)>, D::Error> {
+        Option::<(Number, Number, usize)>::deserialize(d).map(|o| o.map(|(a, b, n)| (a.0, b.0, n)))
+    }
 }
 
 /// The non-tensor part of a [`PreconditionerState`].
@@ -106,6 +137,7 @@ pub struct BlockRecord {
     /// `(d_in, d_out, bias)`.
     pub shape: (usize, usize, bool),
     /// Named numbers.
+    #[serde(with = "crate::nonfinite::map")]
     pub scalars: BTreeMap<String, f64>,
     /// The names of its tensors (stored as `optimizer.block{l}.{name}`).
     pub tensors: Vec<String>,
@@ -242,6 +274,13 @@ pub fn decode<T: Scalar>(bytes: &[u8], path: &Path) -> Result<Checkpoint<T>> {
     if get("format")? != FORMAT {
         return Err(bad(format!("format `{}`, expected `{FORMAT}`", get("format")?)));
     }
+    if get("version")? == "1" {
+        return Err(bad(format!(
+            "format version 1, this program reads version {VERSION}: version 2 records the SHA-256 of the data \
+             and the records' non-finite numbers, which a version-1 file lacks; resume it with the kfac that \
+             wrote it, or start again"
+        )));
+    }
     if get("version")? != &VERSION.to_string() {
         return Err(bad(format!("format version {}, this program reads version {VERSION}", get("version")?)));
     }
@@ -339,7 +378,89 @@ pub fn decode<T: Scalar>(bytes: &[u8], path: &Path) -> Result<Checkpoint<T>> {
         preconditioner,
         adaptive: rec.adaptive,
     };
+    check_run(&run, &optimizer).map_err(|why| bad(format!("the run state holds impossible values: {why}")))?;
     Ok(Checkpoint { run, weights, optimizer })
+}
+
+/// Checks that `run` and `optimizer` could have been written by a run:
+/// saved after a step ($\ge 1$); one record per step, numbered from 1, with
+/// finite, non-negative, non-decreasing seconds up to the run's; KL-clip
+/// factors in $[0, 1]$; test evaluations at increasing steps up to the
+/// step, accuracies in $[0, 1]$; skipped steps as many as the records that
+/// say so; the preconditioner's and the adaptive machinery's step counters
+/// and Adam's at most the step (Adam's: the steps taken); Adam's second
+/// moments non-negative; an adaptive $\lambda$ within its bounds.
+/// (The data order is checked against the data by the training loop.)
+///
+/// # Errors
+///
+/// What is impossible, in words.
+pub fn check_run<T: Scalar>(run: &RunState, optimizer: &OptimizerState<T>) -> std::result::Result<(), String> {
+    let step = run.step;
+    if step == 0 {
+        return Err("it was saved before the first step".into());
+    }
+    if run.steps.len() != step {
+        return Err(format!("{} records for {step} steps", run.steps.len()));
+    }
+    if !(run.seconds.is_finite() && run.seconds >= 0.0) {
+        return Err(format!("seconds = {}", run.seconds));
+    }
+    let mut last = 0.0;
+    for (i, r) in run.steps.iter().enumerate() {
+        if r.step != i + 1 {
+            return Err(format!("record {} is of step {}", i + 1, r.step));
+        }
+        if !(r.seconds.is_finite() && r.seconds >= last && r.seconds <= run.seconds) {
+            return Err(format!(
+                "step {} at {} seconds (the one before at {last}, the run at {})",
+                r.step, r.seconds, run.seconds
+            ));
+        }
+        last = r.seconds;
+        if let Some(k) = r.kl_scale.filter(|k| !(0.0..=1.0).contains(k)) {
+            return Err(format!("step {} has a KL-clip factor of {k}", r.step));
+        }
+    }
+    let mut previous = 0;
+    for t in &run.test {
+        if t.step <= previous || t.step > step {
+            return Err(format!("a test evaluation at step {} (after {previous}, saved at {step})", t.step));
+        }
+        previous = t.step;
+        if let Some(a) = t.accuracy.filter(|a| !(0.0..=1.0).contains(a)) {
+            return Err(format!("a test accuracy of {a}"));
+        }
+    }
+    let skipped = run.steps.iter().filter(|r| r.skipped.is_some()).count();
+    if optimizer.skipped_steps != skipped {
+        return Err(format!("{} skipped steps, {skipped} records of skipped steps", optimizer.skipped_steps));
+    }
+    let taken = step - skipped.min(step);
+    let adam = if optimizer.kind == OptimizerKind::Adam { taken } else { 0 };
+    if usize::try_from(optimizer.adam_step).ok() != Some(adam) {
+        return Err(format!("Adam's step counter is {}, {adam} steps were taken", optimizer.adam_step));
+    }
+    if let Some(p) = optimizer.preconditioner.as_ref().filter(|p| p.step > step) {
+        return Err(format!("the preconditioner counts {} updates after {step} steps", p.step));
+    }
+    if let Some((lambda, _, steps)) = optimizer.adaptive {
+        if steps > step {
+            return Err(format!("the adaptive machinery counts {steps} steps after {step}"));
+        }
+        if let Some(a) = &run.config.optimizer.adaptive
+            && !(a.lambda_min..=a.lambda_max).contains(&lambda)
+        {
+            return Err(format!("lambda = {lambda}, outside [{}, {}]", a.lambda_min, a.lambda_max));
+        }
+    }
+    if optimizer.kind == OptimizerKind::Adam
+        && let Some((_, v)) = optimizer.buffers.iter().find(|(n, _)| n == "v")
+        && v.iter().any(|a| a.iter().any(|&x| x < T::zero()))
+    {
+        return Err("an Adam second moment is negative".into());
+    }
+    Ok(())
 }
 
 /// The non-tensor record of an optimizer state.
@@ -367,17 +488,36 @@ pub fn optimizer_record<T>(state: &OptimizerState<T>) -> OptimizerRecord {
     }
 }
 
-/// Writes a checkpoint atomically (temporary file, sync, rename).
+/// Writes a checkpoint atomically (temporary file, sync, rename), after
+/// decoding it with every check of [`load`]: a checkpoint that could not be
+/// resumed is never written.
+///
+/// # Errors
+///
+/// [`Error::Checkpoint`] for a state the loader would refuse (the old file
+/// is left as it was); [`Error::Io`] if writing fails.
 pub fn save<T: Scalar>(path: &Path, run: &RunState, mlp: &Mlp<T>, optimizer: &OptimizerState<T>) -> Result<()> {
-    let bytes = encode(run, mlp, optimizer).map_err(|e| match e {
-        Error::Checkpoint { reason, .. } => Error::Checkpoint { path: path.to_path_buf(), reason },
+    let here = |e| match e {
+        Error::Checkpoint { reason, .. } => Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: format!("not saved, it could not be resumed: {reason}"),
+        },
         e => e,
-    })?;
+    };
+    let bytes = encode(run, mlp, optimizer).map_err(here)?;
+    decode::<T>(&bytes, path).map_err(here)?;
     crate::report::write_atomic(path, &bytes)
 }
 
-/// Reads and checks a checkpoint.
+/// Reads and checks a checkpoint. A path that is not a regular file (a
+/// FIFO, a device, a directory) is refused before it is opened, so it never
+/// blocks.
+///
+/// # Errors
+///
+/// [`Error::Io`] if it cannot be read or is not a regular file,
+/// [`Error::Checkpoint`] if [`decode`] refuses it.
 pub fn load<T: Scalar>(path: &Path) -> Result<Checkpoint<T>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::data::read_regular_file(path)?;
     decode(&bytes, path)
 }

@@ -37,6 +37,7 @@ pub mod data;
 pub mod error;
 pub mod loss;
 pub mod mlp;
+pub mod nonfinite;
 pub mod optim;
 pub mod report;
 pub mod rng;

@@ -27,8 +27,11 @@
 //! [`Error::NonFinite`]. The curvature statistics follow the same policy per
 //! layer (`kfac_core::NonFinitePolicy`). Momentum updates are also refused
 //! when the new weights could overflow (a bound checked before writing);
-//! Adam's step is at most a small multiple of $\eta$ per weight by
-//! construction. So the optimizer never writes a non-finite weight.
+//! Adam computes its new weights and moments and checks that all are
+//! finite before it writes any. So the optimizer never writes a non-finite
+//! weight. Every knob is checked in the precision it is used in
+//! ([`Optimizer::new`]): a learning rate that is finite in `f64` but
+//! infinite, or zero, in `f32` is refused.
 
 use kfac::{
     BlockKind, Damping, DampingSchedule, KfacMethod, LayerBatch, LinAlg, NonFinitePolicy, Preconditioner,
@@ -391,6 +394,22 @@ impl OptimizerConfig {
             if a.t1 == 0 || a.t2 == 0 {
                 return bad("adaptive.t1/t2", 0.0, "must be at least 1");
             }
+            // ω^{t1} and √ω^{t2} are taken with `powi`, whose exponent is an
+            // i32, and must not underflow to 0 (λ is divided by ω^{t1}).
+            for t in [a.t1, a.t2] {
+                let fits = i32::try_from(t).is_ok_and(|k| a.omega.powi(k) > 0.0 && a.omega.sqrt().powi(k) > 0.0);
+                if !fits {
+                    return Err(Error::Config {
+                        what: "adaptive.t1/t2",
+                        value: t.to_string(),
+                        why: format!(
+                            "at most {} and small enough that omega^t does not underflow to 0 (omega = {})",
+                            i32::MAX,
+                            a.omega
+                        ),
+                    });
+                }
+            }
             if !(0.0 <= a.lambda_min && a.lambda_min <= a.lambda_max && a.lambda_max.is_finite()) {
                 return bad("adaptive.lambda_min", a.lambda_min, "needs 0 <= lambda_min <= lambda_max < inf");
             }
@@ -432,17 +451,23 @@ pub struct StepReport {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdaptiveRecord {
     /// $\lambda$ of the quadratic model used at this step.
+    #[serde(with = "crate::nonfinite")]
     pub lambda: f64,
     /// $\gamma$, the preconditioner's damping is $\gamma^2$.
+    #[serde(with = "crate::nonfinite")]
     pub gamma: f64,
     /// The coefficient of the preconditioned gradient.
+    #[serde(with = "crate::nonfinite")]
     pub alpha: f64,
     /// The coefficient of the previous update.
+    #[serde(with = "crate::nonfinite")]
     pub mu: f64,
     /// $M(\delta) - M(0)$.
+    #[serde(with = "crate::nonfinite")]
     pub model_change: f64,
     /// The reduction ratio, on the steps where it is measured (every `t1`
     /// steps; every step with [`AdaptiveConfig::reject`]).
+    #[serde(with = "crate::nonfinite::option")]
     pub rho: Option<f64>,
     /// Whether the step was undone ([`AdaptiveConfig::reject`]).
     #[serde(default)]
@@ -513,8 +538,15 @@ pub struct Optimizer<T: Scalar> {
 
 impl<T: Scalar> Optimizer<T> {
     /// A fresh optimizer for `mlp`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a configuration that
+    /// [`validate`](OptimizerConfig::validate) refuses, or whose knobs do
+    /// not survive the conversion to `T` (see [`check_precision`]).
     pub fn new(config: OptimizerConfig, mlp: &Mlp<T>) -> Result<Self> {
         config.validate()?;
+        check_precision::<T>(&config)?;
         let zeros = || mlp.layers.iter().map(|l| Array2::zeros(l.w.dim())).collect::<Vec<_>>();
         let state = match config.kind {
             OptimizerKind::Sgd => State::Sgd { velocity: zeros() },
@@ -735,16 +767,33 @@ impl<T: Scalar> Optimizer<T> {
                 if !finite(&grads) {
                     return self.refuse("the gradient", value, skipped_statistics);
                 }
-                *step += 1;
+                let Some(next) = step.checked_add(1) else {
+                    return self.refuse("Adam's step counter", value, skipped_statistics);
+                };
                 let (b1, b2) = (T::from_f64_lossy(cfg.beta1), T::from_f64_lossy(cfg.beta2));
-                let c1 = T::one() - b1.powi(*step);
-                let c2 = T::one() - b2.powi(*step);
+                let c1 = T::one() - b1.powi(next);
+                let c2 = T::one() - b2.powi(next);
                 let eps = T::from_f64_lossy(cfg.eps);
+                let update = |w: T, m: T, v: T, g: T| {
+                    let m = b1 * m + (T::one() - b1) * g;
+                    let v = b2 * v + (T::one() - b2) * g * g;
+                    (w - lr * (m / c1) / ((v / c2).sqrt() + eps), m, v)
+                };
+                // The same arithmetic twice: first to check that every new
+                // weight and moment is finite, then to write them.
+                let fits = mlp.layers.iter().zip(m.iter()).zip(v.iter()).zip(&grads).all(|(((layer, m), v), g)| {
+                    Zip::from(&layer.w).and(m).and(v).and(g).all(|&w, &m, &v, &g| {
+                        let (w, m, v) = update(w, m, v, g);
+                        w.is_finite() && m.is_finite() && v.is_finite()
+                    })
+                });
+                if !fits {
+                    return self.refuse("Adam's updated weight or moment", value, skipped_statistics);
+                }
+                *step = next;
                 for (((layer, m), v), g) in mlp.layers.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(&grads) {
                     Zip::from(&mut layer.w).and(&mut *m).and(&mut *v).and(g).for_each(|w, m, v, &g| {
-                        *m = b1 * *m + (T::one() - b1) * g;
-                        *v = b2 * *v + (T::one() - b2) * g * g;
-                        *w -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
+                        (*w, *m, *v) = update(*w, *m, *v, g);
                     });
                 }
             }
@@ -1013,6 +1062,44 @@ impl<T: Scalar> Optimizer<T> {
             OnNonFinite::Error => Err(Error::NonFinite { step: 0, what }),
         }
     }
+}
+
+/// Checks the knobs that are used in the training's precision `T` in that
+/// precision: $\eta$ must stay finite and non-zero, $\mu$, $\beta_1$ and
+/// $\beta_2$ below 1, $\ell_2$, the damping and $\gamma_0^2$ finite, and
+/// non-zero if they were; $\epsilon$ finite. (In `f32`, `--lr 3.5e38` is
+/// infinite and `--lr 1e-46` is zero: the first destroyed the weights at
+/// step 1, the second trained nothing, silently.)
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the knob, its value and the precision.
+pub fn check_precision<T: Scalar>(cfg: &OptimizerConfig) -> Result<()> {
+    let name = if std::mem::size_of::<T>() == 4 { "f32" } else { "f64" };
+    let as_t = |x: f64| T::from_f64_lossy(x).to_f64_exact();
+    let bad = |what: &'static str, value: f64, why: &str| {
+        Err(Error::Config { what, value: value.to_string(), why: format!("{why} in {name}, the run's precision") })
+    };
+    let lr = as_t(cfg.lr);
+    if !(lr.is_finite() && lr > 0.0) {
+        return bad("lr", cfg.lr, &format!("must be positive and finite; it is {lr}"));
+    }
+    for (what, x) in [("momentum", cfg.momentum), ("beta1", cfg.beta1), ("beta2", cfg.beta2)] {
+        if as_t(x) >= 1.0 {
+            return bad(what, x, "must be below 1; it rounds to 1");
+        }
+    }
+    let gamma2 = cfg.adaptive.as_ref().and_then(|a| a.gamma).map(|g| g * g);
+    for (what, x) in
+        [("l2", Some(cfg.l2)), ("damping", Some(cfg.damping)), ("eps", Some(cfg.eps)), ("adaptive.gamma^2", gamma2)]
+    {
+        let Some(x) = x else { continue };
+        let t = as_t(x);
+        if !t.is_finite() || (x != 0.0 && t == 0.0) {
+            return bad(what, x, &format!("must be finite, and non-zero if it is; it is {t}"));
+        }
+    }
+    Ok(())
 }
 
 const SCAN_CHUNK: usize = 1 << 16;

@@ -207,9 +207,12 @@ fn foreign_checkpoints_are_refused() {
         reason(run::<f32>(&cm, &mnist, &RunOptions { resume: Some(path.clone()), ..Default::default() }).unwrap_err());
     assert!(r.contains("data"), "{r}");
     // Version and format: rewrite the header entries (same lengths), fix the checksum.
-    for (from, to, expect) in
-        [("\"version\":\"1\"", "\"version\":\"9\"", "version 9"), ("kfac-checkpoint", "kfac-checkpoinx", "format")]
-    {
+    for (from, to, expect) in [
+        ("\"version\":\"2\"", "\"version\":\"9\"", "version 9"),
+        // Version 1 lacked the data's fingerprint: refused, saying why.
+        ("\"version\":\"2\"", "\"version\":\"1\"", "SHA-256"),
+        ("kfac-checkpoint", "kfac-checkpoinx", "format"),
+    ] {
         let mut b = bytes.clone();
         let at = b.windows(from.len()).position(|w| w == from.as_bytes()).unwrap();
         b[at..at + to.len()].copy_from_slice(to.as_bytes());
