@@ -415,7 +415,7 @@ pub(crate) fn damped_inverse<T: Real>(
         Err(e) => e,
     };
     let floor = floor.to_f64_exact();
-    if !(floor > 0.0) {
+    if floor.is_nan() || floor <= 0.0 {
         return Err(error);
     }
     check_finite(block, what, factor)?;
