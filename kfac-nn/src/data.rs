@@ -74,10 +74,11 @@ pub const MAX_IDX_BYTES: usize = 1 << 31;
 pub const MAX_IDX_DIMS: usize = 4;
 
 /// The most pixels [`mnist_dir`] loads, training and test images together:
-/// $2^{28}$ (268 million, 5.7 times the full MNIST). Loading takes 5 bytes
-/// per pixel at its peak (the byte read and its `f32`), so at most 1.25 GiB,
-/// and the training then keeps 4 bytes per pixel. It is checked from each
-/// file's header, before its payload is decompressed.
+/// $2^{28}$ (268 million, 4.9 times the 70,000 images of the full MNIST).
+/// Loading takes 5 bytes per pixel at its peak (the byte read and its
+/// `f32`), so at most 1.25 GiB, and the training then keeps 4 bytes per
+/// pixel. It is checked from each file's header, before its payload is
+/// decompressed.
 pub const MAX_DATASET_PIXELS: usize = 1 << 28;
 
 /// The decoded content of an IDX file of unsigned bytes.
@@ -614,9 +615,9 @@ pub fn mnist_dir(dir: &Path) -> Result<(Dataset, Dataset)> {
             return Err(Error::Data {
                 name: path.display().to_string(),
                 reason: format!(
-                    "its header announces {} pixels ({dims:?}); the data sets may hold at most {MAX_DATASET_PIXELS} \
-                     pixels together ({} left), the memory limit (loading takes 5 bytes per pixel)",
-                    pixels, budget
+                    "its header announces {pixels} pixels ({dims:?}), beyond the memory limit: the training and \
+                     test images may hold {MAX_DATASET_PIXELS} pixels together ({budget} left; loading takes 5 \
+                     bytes per pixel)"
                 ),
             });
         }

@@ -251,7 +251,7 @@ fn small_mnist_dir(dir: &Path, n: u32, m: u32, seed: u64) {
 }
 
 /// Finding 7: IDX images became `f32` pixels (4 bytes each) beside the
-/// bytes read: a 2-MB gzip of 2³¹ zero pixels asked for 8.6 GB and aborted
+/// bytes read: a gzip of 2³¹ zero pixels (a few MB) asked for 8.6 GB and aborted
 /// (here under a 3-GB address-space limit). The budget is checked from the
 /// header, before the payload is decompressed.
 #[test]
