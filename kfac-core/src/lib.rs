@@ -164,6 +164,8 @@ pub mod error;
 pub mod factors;
 pub mod linalg;
 pub mod loss;
+#[cfg(feature = "serde")]
+pub mod nonfinite;
 pub mod optim;
 pub mod preconditioner;
 pub mod rng;

@@ -39,6 +39,7 @@ pub struct BlockState<T> {
     /// Named arrays (matrices and vectors).
     pub tensors: BTreeMap<String, ArrayD<T>>,
     /// Named numbers: weights of the running averages, damping, counters.
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite::map"))]
     pub scalars: BTreeMap<String, f64>,
 }
 
@@ -88,6 +89,11 @@ impl<T: Real> BlockState<T> {
         self.scalar("count.refreshes", c.refreshes as f64);
         self.scalar("count.clamped", c.clamped as f64);
         self.scalar("count.f64_retries", c.f64_retries as f64);
+        // Written only when there were some, so that the states of blocks
+        // that never fell back are those of earlier versions.
+        if c.eigen_fallbacks > 0 {
+            self.scalar("count.eigen_fallbacks", c.eigen_fallbacks as f64);
+        }
     }
 
     /// A reader that checks kind and shape, and then every entry it is asked
@@ -112,6 +118,7 @@ pub(crate) struct Counters {
     pub refreshes: usize,
     pub clamped: usize,
     pub f64_retries: usize,
+    pub eigen_fallbacks: usize,
 }
 
 /// Reads a [`BlockState`], checking each entry.
@@ -216,6 +223,11 @@ impl<T: Real> StateReader<'_, T> {
             refreshes: self.count("count.refreshes")?,
             clamped: self.count("count.clamped")?,
             f64_retries: self.count("count.f64_retries")?,
+            eigen_fallbacks: if self.state.scalars.contains_key("count.eigen_fallbacks") {
+                self.count("count.eigen_fallbacks")?
+            } else {
+                0
+            },
         })
     }
 
@@ -243,14 +255,18 @@ pub struct BlockHealth {
     /// The block's name.
     pub name: String,
     /// Smallest eigenvalue of the curvature estimate (after clamping).
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite::option"))]
     pub min_eigenvalue: Option<f64>,
     /// Largest eigenvalue of the curvature estimate.
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite::option"))]
     pub max_eigenvalue: Option<f64>,
     /// Condition number of the damped estimate,
     /// $(\lambda_\text{max} + \lambda) / (\lambda_\text{min} + \lambda)$
     /// (infinite when both the smallest eigenvalue and the damping are 0).
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite::option"))]
     pub condition: Option<f64>,
     /// The damping $\lambda$ in use.
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite::option"))]
     pub damping: Option<f64>,
     /// Cache rebuilds so far.
     pub refreshes: usize,
@@ -268,6 +284,11 @@ pub struct BlockHealth {
     /// block-diagonal because its conditional covariance was not numerically
     /// positive definite; always 0 for the block-diagonal structure.
     pub fallbacks: usize,
+    /// Damped factors whose Cholesky inverse failed, in `f32` and in `f64`
+    /// (numerically singular: their round-off exceeded the damping), and
+    /// that were inverted through their eigendecomposition instead, with
+    /// the eigenvalues raised to the damping (K-FAC's Cholesky path).
+    pub eigen_fallbacks: usize,
 }
 
 impl BlockHealth {
@@ -293,6 +314,7 @@ impl BlockHealth {
             f64_retries: c.f64_retries,
             skipped_updates: 0,
             fallbacks: 0,
+            eigen_fallbacks: c.eigen_fallbacks,
         }
     }
 }

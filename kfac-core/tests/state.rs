@@ -342,3 +342,57 @@ fn failed_f32_decompositions_are_retried_in_f64() {
         assert!(matches!(err, Error::Decomposition { .. }), "{err}");
     }
 }
+
+/// A factor like the autoencoder's input factor with `--damping 1e-12`: a
+/// few large, sparse inputs (rank 6 of 60, 20 coordinates always zero), so
+/// that its round-off in `f32` is far above the damping. The Cholesky
+/// inverse of the damped factor fails in `f32`, and in `f64` from the
+/// rounded `f32` matrix. The block must still refresh: the damped factor is
+/// inverted through its eigendecomposition with the eigenvalues raised to
+/// the damping, counted as an eigen fallback, and the inverse is that of
+/// the repaired factor (checked in `f64` against the clamped dense
+/// reference).
+#[test]
+fn numerically_singular_damped_factors_fall_back_to_the_eigenbasis() {
+    use kfac_core::{CurvatureBlock, Damping, KfacBlock};
+    let shape = LayerShape::new(60, 8);
+    let mut rng = Lcg::new(11);
+    let x64 = Array2::from_shape_fn((6, 60), |(_, j)| if j < 20 { 0.0 } else { 255.0 * rng.next().abs() });
+    let g64 = rng.matrix(6, 8);
+    let (x, g): (Array2<f32>, Array2<f32>) = (cast(&x64), cast(&g64));
+    for la in [&Faer::default() as &dyn LinAlg<f32>, &Nalgebra as &dyn LinAlg<f32>] {
+        let mut block = KfacBlock::<f32>::new("layer0", shape, KfacMethod::Inverse);
+        block.update_statistics(la, &LayerBatch::new(x.view(), g.view()), 0.95).unwrap();
+        let damping = Damping::factored(1e-12);
+        block.refresh(la, damping).unwrap_or_else(|e| panic!("{}: {e}", la.name()));
+        let h = block.health();
+        assert!(h.eigen_fallbacks >= 1, "{}: {h:?}", la.name());
+        // The reference: the damped factor A + δ_A I in f64, eigenvalues
+        // raised to δ_A, inverted.
+        let a = to64(block.factors().a());
+        let md = |m: &Array2<f64>| m.diag().sum() / m.nrows() as f64;
+        let b = to64(block.factors().b());
+        let pi = (md(&a) / md(&b)).sqrt();
+        let da = f64::from((pi * 1e-6) as f32);
+        let la64 = la.f64_backend().unwrap();
+        let e = la64.eigh(add_identity(&a, da).view()).unwrap();
+        let s = e.values.mapv(|v| v.max(da));
+        let inv_ref = (&e.vectors * &s.mapv(|v| 1.0 / v).insert_axis(ndarray::Axis(0))).dot(&e.vectors.t());
+        // The preconditioned direction is finite, and A's inverse is the
+        // reference's.
+        let v: Array2<f32> = cast(&rng.matrix(8, 61));
+        let d = to64(block.precondition(la, v.view()).unwrap().view());
+        assert!(d.iter().all(|x| x.is_finite()));
+        let st = block.state();
+        let a_inv = to64(st.tensors["a_inv"].view().into_dimensionality::<ndarray::Ix2>().unwrap());
+        let err = rel_err(&a_inv, &inv_ref);
+        assert!(err < 1e-4, "{}: |A_inv - ref| / |ref| = {err}", la.name());
+        // Saved and restored, the block keeps its count.
+        let restored = block.restored(&st).unwrap();
+        assert_eq!(restored.health().eigen_fallbacks, h.eigen_fallbacks);
+    }
+    // Without damping there is no floor: the error stays.
+    let mut block = KfacBlock::<f32>::new("layer0", shape, KfacMethod::Inverse);
+    block.update_statistics(&Faer::default(), &LayerBatch::new(x.view(), g.view()), 0.95).unwrap();
+    assert!(block.refresh(&Faer::default(), Damping::factored(0.0)).is_err());
+}

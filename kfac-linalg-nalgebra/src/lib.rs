@@ -183,13 +183,33 @@ fn num_traits_max<T: Real>(m: T, x: T) -> T {
     if ax > m { ax } else { m }
 }
 
-/// The eigendecomposition of `a / scale`, eigenvalues scaled back and sorted.
-fn eigh_scaled<T: Real + RealField>(a: ArrayView2<'_, T>, scale: T, n: usize) -> Result<SymEig<T>, LinAlgError> {
+/// Why [`eigh_scaled`] gave no decomposition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EighFailure {
+    /// nalgebra's iteration stopped at its limit.
+    NotConverged,
+    /// It returned a number that is not finite.
+    NonFinite,
+}
+
+/// The eigendecomposition of `a / scale + shift I`, eigenvalues shifted and
+/// scaled back and sorted.
+fn eigh_scaled<T: Real + RealField>(
+    a: ArrayView2<'_, T>,
+    scale: T,
+    shift: T,
+    n: usize,
+) -> Result<SymEig<T>, EighFailure> {
     let mut m = Operand::new(a).into_owned();
     m.fill_upper_triangle_with_lower_triangle();
     m.apply(|x| *x /= scale);
+    if shift != T::zero() {
+        for i in 0..n {
+            m[(i, i)] += shift;
+        }
+    }
     let eig = SymmetricEigen::try_new(m, <T as Real>::EPSILON, EIGH_SWEEPS_PER_EIGENVALUE * n)
-        .ok_or(LinAlgError::NoConvergence { op: "eigh" })?;
+        .ok_or(EighFailure::NotConverged)?;
     let (values, vectors) = (eig.eigenvalues, eig.eigenvectors);
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&i, &j| values[i].to_f64_exact().total_cmp(&values[j].to_f64_exact()));
@@ -198,9 +218,25 @@ fn eigh_scaled<T: Real + RealField>(a: ArrayView2<'_, T>, scale: T, n: usize) ->
     for (mut dst, &src) in sorted.columns_mut().into_iter().zip(&order) {
         dst.assign(&ArrayView1::from(&data[src * n..(src + 1) * n]));
     }
-    let values: Array1<T> = order.iter().map(|&i| values[i] * scale).collect();
+    let values: Array1<T> = order.iter().map(|&i| (values[i] - shift) * scale).collect();
     orthonormalise(&values, &mut sorted);
-    Ok(SymEig { values, vectors: sorted })
+    let result = SymEig { values, vectors: sorted };
+    if result.values.iter().chain(result.vectors.iter()).all(|x| x.is_finite()) {
+        Ok(result)
+    } else {
+        Err(EighFailure::NonFinite)
+    }
+}
+
+/// The shift that moves the spectrum of `a / scale` away from zero:
+/// twice its largest absolute row sum $R$, a bound on its spectral radius,
+/// so that the eigenvalues of `a / scale + 2R I` lie in $[R, 3R]$ with
+/// $R \ge 1$.
+fn spectral_shift(a: ArrayView2<'_, f64>, scale: f64) -> f64 {
+    let n = a.nrows();
+    let at = |i: usize, j: usize| if j <= i { a[(i, j)] } else { a[(j, i)] };
+    let r = (0..n).map(|i| (0..n).map(|j| (at(i, j) / scale).abs()).sum::<f64>()).fold(0.0, f64::max);
+    2.0 * r.max(1.0)
 }
 
 /// Makes the eigenvectors orthonormal again when nalgebra's are not.
@@ -339,6 +375,24 @@ where
     /// Eigendecomposition with [`SymmetricEigen::try_new`] of the matrix
     /// symmetrised from the lower triangle of `a`; nalgebra returns the
     /// eigenpairs unsorted, they are sorted here (stably) by eigenvalue.
+    ///
+    /// nalgebra's QR iteration splits the tridiagonal matrix at an
+    /// off-diagonal entry $e$ only when $|e| \le \epsilon(|d_m| + |d_n|)$,
+    /// relative to its two diagonal neighbours. In a cluster of
+    /// (numerically) zero eigenvalues, as in the input factor of MNIST
+    /// (305 of its 785 pixels are always blank, and a batch of 64 examples
+    /// leaves a rank of at most 65), those neighbours are near zero, so the
+    /// test is not met before $e$ underflows; its Givens rotations compute
+    /// $\sqrt{x^2 + y^2}$ without scaling, so they then divide zero by zero
+    /// and the result is NaN (or the iteration runs to its limit). So a
+    /// decomposition that does not converge or is not finite is redone in
+    /// `f64` (from `f32`), and then in `f64` on $A/s + 2R\,I$, with $s$ the
+    /// largest entry and $R \ge 1$ the largest absolute row sum of $A/s$: its
+    /// eigenvalues lie in $[R, 3R]$, so the test becomes one relative to
+    /// $\lVert A \rVert$, the backward-stable criterion of LAPACK, and
+    /// $2R$ is subtracted from the eigenvalues afterwards (their error is
+    /// then about $3R\epsilon s$, a few times $\epsilon \lVert A \rVert$).
+    /// A decomposition that succeeds at the first try is left as it was.
     fn eigh(&self, a: ArrayView2<'_, T>) -> Result<SymEig<T>, LinAlgError> {
         check_square_finite("eigh", &a)?;
         let n = a.nrows();
@@ -354,20 +408,30 @@ where
         if scale == T::zero() {
             return Ok(SymEig { values: Array1::zeros(n), vectors: Array2::eye(n) });
         }
-        let result = eigh_scaled(a, scale, n)?;
-        if result.values.iter().chain(result.vectors.iter()).all(|x| x.is_finite()) {
-            return Ok(result);
+        let is_f64 = <T as Real>::NAME == "f64";
+        match eigh_scaled(a, scale, T::zero(), n) {
+            Ok(result) => return Ok(result),
+            // In f32 the caller may redo it in f64 (kfac-core does, and
+            // counts it).
+            Err(EighFailure::NotConverged) if !is_f64 => return Err(LinAlgError::NoConvergence { op: "eigh" }),
+            Err(_) => {}
         }
-        // Still not finite: redo it in f64, once.
-        if <T as Real>::NAME == "f64" {
-            return Err(LinAlgError::NoConvergence { op: "eigh" });
-        }
+        // Not finite (f32): redo it in f64, once. Then, or in f64 when it
+        // did not converge or was not finite, with the spectrum shifted
+        // away from zero (see [`spectral_shift`]).
         let wide = a.mapv(T::to_f64_exact);
-        let r = eigh_scaled(wide.view(), scale.to_f64_exact(), n)?;
-        if !r.values.iter().chain(r.vectors.iter()).all(|x| x.is_finite()) {
-            return Err(LinAlgError::NoConvergence { op: "eigh" });
+        let wide_scale = scale.to_f64_exact();
+        let narrow = |r: SymEig<f64>| SymEig {
+            values: r.values.mapv(T::from_f64_lossy),
+            vectors: r.vectors.mapv(T::from_f64_lossy),
+        };
+        if !is_f64 && let Ok(r) = eigh_scaled(wide.view(), wide_scale, 0.0, n) {
+            return Ok(narrow(r));
         }
-        Ok(SymEig { values: r.values.mapv(T::from_f64_lossy), vectors: r.vectors.mapv(T::from_f64_lossy) })
+        let shift = spectral_shift(wide.view(), wide_scale);
+        eigh_scaled(wide.view(), wide_scale, shift, n)
+            .map(narrow)
+            .map_err(|_| LinAlgError::NoConvergence { op: "eigh" })
     }
 
     /// Inverse through the Cholesky factor with [`Cholesky::inverse`], lower

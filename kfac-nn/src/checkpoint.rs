@@ -22,8 +22,21 @@
 //! [`Error::Checkpoint`]; nothing is allocated from an unchecked size (the
 //! file is read whole, and every size is checked against its length).
 //!
+//! The checks also refuse a run state that no run can have written
+//! ([`check_run`]): records that do not count the steps from 1, negative or
+//! non-finite seconds, counters beyond the step, Adam second moments below
+//! zero, an adaptive $\lambda$ outside its bounds. Numbers of the run state
+//! that are not finite (the loss of a skipped step) are written as in
+//! [`crate::nonfinite`], so they read back as they were.
+//!
 //! Saving is atomic ([`write_atomic`](crate::report::write_atomic)): a crash
-//! during a save leaves the previous checkpoint intact.
+//! during a save leaves the previous checkpoint intact. A checkpoint is
+//! decoded, with every check of the loader, before it is written: a save
+//! never leaves a file that [`load`] would refuse.
+//!
+//! Version 2 added `data` (the SHA-256 of the training and test data, so
+//! that a resume notices replaced data files) and the faithful non-finite
+//! numbers; version-1 files are refused with a message saying so.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -43,8 +56,9 @@ use crate::records::{StepRecord, TestRecord};
 /// The value of the `format` metadata entry.
 pub const FORMAT: &str = "kfac-checkpoint";
 /// The checkpoint format's version. Files of another version are refused:
-/// version 1 (kfac 0.1 before the optimizer moved into kfac-core) stored
-/// the optimizer's state in records that no longer exist.
+/// version 1 (kfac 0.1) stored the optimizer's state in records that no
+/// longer exist, and had neither the data's fingerprint nor the faithful
+/// non-finite numbers.
 pub const VERSION: u32 = 2;
 const SUM_KEY: &str = "\"sha256\":\"";
 
@@ -58,6 +72,7 @@ pub struct RunState<T> {
     /// Steps completed.
     pub step: usize,
     /// Training seconds so far.
+    #[serde(with = "crate::nonfinite")]
     pub seconds: f64,
     /// The data order.
     pub batches: BatchState,
@@ -72,6 +87,9 @@ pub struct RunState<T> {
     /// The optimizer's state without its arrays (they are tensors of the
     /// file; empty here).
     pub optimizer: OptimizerState<T>,
+    /// The SHA-256 of the training and test data, in hex
+    /// ([`Task::fingerprint`](crate::train::Task::fingerprint)).
+    pub data: String,
 }
 
 /// A run's complete state.
@@ -228,7 +246,103 @@ pub fn decode<T: Scalar>(bytes: &[u8], path: &Path) -> Result<Checkpoint<T>> {
     if reader.used != st.len() {
         return Err(bad(format!("the file holds {} tensors, {} of them expected", st.len(), reader.used)));
     }
+    check_run(&run, &optimizer).map_err(|why| bad(format!("the run state holds impossible values: {why}")))?;
     Ok(Checkpoint { run, weights, optimizer })
+}
+
+/// Checks that `run` and `optimizer` could have been written by a run:
+/// saved after a step ($\ge 1$); one record per step, numbered from 1, with
+/// finite, non-negative, non-decreasing seconds up to the run's; KL-clip
+/// factors in $[0, 1]$; test evaluations at increasing steps up to the
+/// step, accuracies in $[0, 1]$; skipped steps as many as the records that
+/// say so; the preconditioner's and the adaptive machinery's step counters
+/// and Adam's at most the step (Adam's: the steps taken); Adam's second
+/// moments non-negative; an adaptive $\lambda$ within its bounds.
+/// (The data order is checked against the data by the training loop.)
+///
+/// # Errors
+///
+/// What is impossible, in words.
+pub fn check_run<T: Scalar>(run: &RunState<T>, optimizer: &OptimizerState<T>) -> std::result::Result<(), String> {
+    let step = run.step;
+    if step == 0 {
+        return Err("it was saved before the first step".into());
+    }
+    check_records(run)?;
+    let skipped = run.steps.iter().filter(|r| r.skipped.is_some()).count();
+    let taken = step - skipped.min(step);
+    let counted = match optimizer {
+        OptimizerState::Sgd { skipped_steps, .. } | OptimizerState::Adam { skipped_steps, .. } => *skipped_steps,
+        OptimizerState::Kfac(k) => k.skipped_steps,
+    };
+    if counted != skipped {
+        return Err(format!("{counted} skipped steps, {skipped} records of skipped steps"));
+    }
+    match optimizer {
+        OptimizerState::Sgd { .. } => {}
+        OptimizerState::Adam { t, v, .. } => {
+            if usize::try_from(*t).ok() != Some(taken) {
+                return Err(format!("Adam's step counter is {t}, {taken} steps were taken"));
+            }
+            if v.iter().any(|a| a.iter().any(|&x| x < T::zero())) {
+                return Err("an Adam second moment is negative".into());
+            }
+        }
+        OptimizerState::Kfac(k) => {
+            if k.preconditioner.step > step {
+                return Err(format!("the preconditioner counts {} updates after {step} steps", k.preconditioner.step));
+            }
+            if let Some(a) = k.adaptive {
+                if a.steps > step {
+                    return Err(format!("the adaptive machinery counts {} steps after {step}", a.steps));
+                }
+                if let Some(c) = run.config.optimizer.kfac().and_then(|c| c.adaptive())
+                    && !(c.lambda_min..=c.lambda_max).contains(&a.lambda)
+                {
+                    return Err(format!("lambda = {}, outside [{}, {}]", a.lambda, c.lambda_min, c.lambda_max));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The records part of [`check_run`].
+fn check_records<T>(run: &RunState<T>) -> std::result::Result<(), String> {
+    let step = run.step;
+    if run.steps.len() != step {
+        return Err(format!("{} records for {step} steps", run.steps.len()));
+    }
+    if !(run.seconds.is_finite() && run.seconds >= 0.0) {
+        return Err(format!("seconds = {}", run.seconds));
+    }
+    let mut last = 0.0;
+    for (i, r) in run.steps.iter().enumerate() {
+        if r.step != i + 1 {
+            return Err(format!("record {} is of step {}", i + 1, r.step));
+        }
+        if !(r.seconds.is_finite() && r.seconds >= last && r.seconds <= run.seconds) {
+            return Err(format!(
+                "step {} at {} seconds (the one before at {last}, the run at {})",
+                r.step, r.seconds, run.seconds
+            ));
+        }
+        last = r.seconds;
+        if let Some(k) = r.kl_scale.filter(|k| !(0.0..=1.0).contains(k)) {
+            return Err(format!("step {} has a KL-clip factor of {k}", r.step));
+        }
+    }
+    let mut previous = 0;
+    for t in &run.test {
+        if t.step <= previous || t.step > step {
+            return Err(format!("a test evaluation at step {} (after {previous}, saved at {step})", t.step));
+        }
+        previous = t.step;
+        if let Some(a) = t.accuracy.filter(|a| !(0.0..=1.0).contains(a)) {
+            return Err(format!("a test accuracy of {a}"));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the checksum and the header's metadata (format, version,
@@ -254,9 +368,9 @@ fn header<T: Scalar>(bytes: &[u8], path: &Path) -> Result<String> {
     let version = get("version")?;
     if version == "1" {
         return Err(bad(format!(
-            "format version 1, written before the K-FAC optimizer moved into kfac-core: its optimizer state is laid \
-             out differently, so this program (format {VERSION}) cannot continue it; resume it with the build that \
-             saved it, or start the run again"
+            "format version 1, this program reads version {VERSION}: version 2 lays out the optimizer's state as \
+             kfac-core does and records the SHA-256 of the data and the records' non-finite numbers, which a \
+             version-1 file lacks; resume it with the kfac that wrote it, or start again"
         )));
     }
     if version != &VERSION.to_string() {
@@ -373,17 +487,36 @@ fn fill_arrays<T: Scalar>(
     Ok(())
 }
 
-/// Writes a checkpoint atomically (temporary file, sync, rename).
+/// Writes a checkpoint atomically (temporary file, sync, rename), after
+/// decoding it with every check of [`load`]: a checkpoint that could not be
+/// resumed is never written.
+///
+/// # Errors
+///
+/// [`Error::Checkpoint`] for a state the loader would refuse (the old file
+/// is left as it was); [`Error::Io`] if writing fails.
 pub fn save<T: Scalar>(path: &Path, run: &RunState<T>, mlp: &Mlp<T>) -> Result<()> {
-    let bytes = encode(run, mlp).map_err(|e| match e {
-        Error::Checkpoint { reason, .. } => Error::Checkpoint { path: path.to_path_buf(), reason },
+    let here = |e| match e {
+        Error::Checkpoint { reason, .. } => Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: format!("not saved, it could not be resumed: {reason}"),
+        },
         e => e,
-    })?;
+    };
+    let bytes = encode(run, mlp).map_err(here)?;
+    decode::<T>(&bytes, path).map_err(here)?;
     crate::fs::write_atomic(path, &bytes)
 }
 
-/// Reads and checks a checkpoint.
+/// Reads and checks a checkpoint. A path that is not a regular file (a
+/// FIFO, a device, a directory) is refused before it is opened, so it never
+/// blocks.
+///
+/// # Errors
+///
+/// [`Error::Io`] if it cannot be read or is not a regular file,
+/// [`Error::Checkpoint`] if [`decode`] refuses it.
 pub fn load<T: Scalar>(path: &Path) -> Result<Checkpoint<T>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::data::read_regular_file(path)?;
     decode(&bytes, path)
 }

@@ -73,6 +73,14 @@ pub const MAX_IDX_BYTES: usize = 1 << 31;
 /// The largest number of dimensions accepted in an IDX header.
 pub const MAX_IDX_DIMS: usize = 4;
 
+/// The most pixels [`mnist_dir`] loads, training and test images together:
+/// $2^{28}$ (268 million, 4.9 times the 70,000 images of the full MNIST).
+/// Loading takes 5 bytes per pixel at its peak (the byte read and its
+/// `f32`), so at most 1.25 GiB, and the training then keeps 4 bytes per
+/// pixel. It is checked from each file's header, before its payload is
+/// decompressed.
+pub const MAX_DATASET_PIXELS: usize = 1 << 28;
+
 /// The decoded content of an IDX file of unsigned bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idx {
@@ -286,8 +294,45 @@ fn parse_gzip(bytes: &[u8]) -> Result<Idx, String> {
 /// [`Error::Io`] with the path if the file cannot be read, [`Error::Idx`] if
 /// it is not a valid IDX file of unsigned bytes.
 pub fn read_idx(path: &Path) -> Result<Idx> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_regular_file(path)?;
     parse_idx(&bytes, path)
+}
+
+/// The content of `path`, which must be a regular file: a FIFO, a device or
+/// a directory is refused from its metadata, before it is opened (opening a
+/// FIFO would block until a writer comes). A symbolic link is followed.
+///
+/// # Errors
+///
+/// [`Error::Io`] naming `path`.
+pub fn read_regular_file(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        let source = std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO, device or socket): refusing to read it",
+        );
+        return Err(Error::io(path, source));
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// The dimensions in the header of the IDX file `bytes` (raw or gzip),
+/// read without decompressing the payload.
+fn idx_dims(bytes: &[u8]) -> Result<Vec<usize>, String> {
+    let mut head = [0u8; 4 + 4 * MAX_IDX_DIMS];
+    let got = if bytes.starts_with(&[0x1f, 0x8b]) {
+        fill(&mut flate2::read::MultiGzDecoder::new(bytes), &mut head)?
+    } else {
+        let n = bytes.len().min(head.len());
+        head[..n].copy_from_slice(&bytes[..n]);
+        n
+    };
+    let ndims = check_magic([head[0], head[1], head[2], head[3]])?;
+    if got < 4 + 4 * ndims {
+        return Err("truncated header".into());
+    }
+    Ok(check_dims(&head[4..4 + 4 * ndims])?.0)
 }
 
 /// A labelled image data set.
@@ -376,7 +421,11 @@ impl Dataset {
                 k / dim
             )));
         }
-        let pixels: Vec<f32> = images.data.iter().map(|&v| f32::from(v) / max_level).collect();
+        let mut pixels: Vec<f32> = Vec::new();
+        pixels.try_reserve_exact(images.data.len()).map_err(|_| {
+            fail(format!("cannot allocate {} bytes for {n} images of {rows} x {cols} pixels", 4 * images.data.len()))
+        })?;
+        pixels.extend(images.data.iter().map(|&v| f32::from(v) / max_level));
         let images = Array2::from_shape_vec((n, dim), pixels).expect("length checked above");
         Ok(Self { name, images, labels: labels.data, rows, cols, classes })
     }
@@ -552,15 +601,34 @@ fn find_idx(dir: &Path, base: &str) -> Result<PathBuf> {
 /// # Errors
 ///
 /// [`Error::Io`] if a file is missing (the message names the file and the
-/// names tried) or unreadable, [`Error::Idx`] if one is malformed,
-/// [`Error::Data`] if images and labels do not match.
+/// names tried), unreadable or not a regular file, [`Error::Idx`] if one is
+/// malformed, [`Error::Data`] if images and labels do not match or the
+/// images hold more than [`MAX_DATASET_PIXELS`] pixels together.
 pub fn mnist_dir(dir: &Path) -> Result<(Dataset, Dataset)> {
-    let load = |name: &str, prefix: &str| -> Result<Dataset> {
-        let images = read_idx(&find_idx(dir, &format!("{prefix}-images-idx3-ubyte"))?)?;
+    let mut budget = MAX_DATASET_PIXELS;
+    let mut load = |name: &str, prefix: &str| -> Result<Dataset> {
+        let path = find_idx(dir, &format!("{prefix}-images-idx3-ubyte"))?;
+        let bytes = read_regular_file(&path)?;
+        let dims = idx_dims(&bytes).map_err(|reason| Error::Idx { path: path.clone(), reason })?;
+        let pixels = dims.iter().product::<usize>();
+        if pixels > budget {
+            return Err(Error::Data {
+                name: path.display().to_string(),
+                reason: format!(
+                    "its header announces {pixels} pixels ({dims:?}), beyond the memory limit: the training and \
+                     test images may hold {MAX_DATASET_PIXELS} pixels together ({budget} left; loading takes 5 \
+                     bytes per pixel)"
+                ),
+            });
+        }
+        budget -= pixels;
+        let images = parse_idx(&bytes, &path)?;
+        drop(bytes);
         let labels = read_idx(&find_idx(dir, &format!("{prefix}-labels-idx1-ubyte"))?)?;
         Dataset::from_idx(name, images, labels, 255.0, 10)
     };
-    Ok((load("mnist:train", "train")?, load("mnist:test", "t10k")?))
+    let train = load("mnist:train", "train")?;
+    Ok((train, load("mnist:test", "t10k")?))
 }
 
 /// The state of a [`Batches`] stream as plain numbers, to save in a

@@ -56,6 +56,13 @@ pub mod loss {
     pub use kfac::loss::*;
 }
 
+/// JSON for numbers that may not be finite (kfac-core's
+/// [`kfac::nonfinite`], re-exported): the records write NaN and infinities
+/// as the strings `"NaN"`, `"inf"`, `"-inf"`.
+pub mod nonfinite {
+    pub use kfac::nonfinite::*;
+}
+
 /// The seeded generator (kfac-core's [`kfac::rng`], re-exported).
 pub mod rng {
     pub use kfac::rng::*;

@@ -11,12 +11,15 @@ use crate::config::TrainConfig;
 pub struct StepRecord {
     /// Step number, from 1.
     pub step: usize,
-    /// The batch loss before the step's update.
+    /// The batch loss before the step's update (NaN or infinite when the
+    /// step was skipped for it; written as in [`crate::nonfinite`]).
+    #[serde(with = "crate::nonfinite")]
     pub loss: f64,
     /// Training seconds since the start (evaluation excluded).
+    #[serde(with = "crate::nonfinite")]
     pub seconds: f64,
     /// The KL-clip factor applied to the step (K-FAC and EKFAC with clipping; 1 = not clipped).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[serde(skip_serializing_if = "Option::is_none", default, with = "crate::nonfinite::option")]
     pub kl_scale: Option<f64>,
     /// Set when the step changed nothing because this was not finite.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -35,12 +38,16 @@ pub struct TestRecord {
     /// After this many steps.
     pub step: usize,
     /// Mean test loss.
+    #[serde(with = "crate::nonfinite")]
     pub loss: f64,
     /// Test accuracy (classifier).
+    #[serde(with = "crate::nonfinite::option")]
     pub accuracy: Option<f64>,
 }
 
-/// What a run produces (written as `metrics.json`).
+/// What a run produces (written as `metrics.json`; numbers that are not
+/// finite are written as the strings `"NaN"`, `"inf"` and `"-inf"`, see
+/// [`crate::nonfinite`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     /// The configuration.
@@ -52,10 +59,13 @@ pub struct Metrics {
     /// At intervals.
     pub test: Vec<TestRecord>,
     /// The loss on the whole training split after the last step.
+    #[serde(with = "crate::nonfinite")]
     pub final_loss: f64,
     /// The test loss after the last step.
+    #[serde(with = "crate::nonfinite")]
     pub final_test_loss: f64,
     /// Training seconds in all.
+    #[serde(with = "crate::nonfinite")]
     pub seconds: f64,
     /// Number of parameters.
     pub parameters: usize,

@@ -1,19 +1,18 @@
 //! Writing results: `metrics.json` / `metrics.csv`, comparison tables and
 //! plots.
 //!
-//! Every file is written atomically ([`write_atomic`]): to a temporary name
-//! in the same directory, synced to disk and renamed over the target, so a
-//! crash never leaves a truncated file behind and an existing file is
-//! replaced only by a complete one.
+//! Every file is written atomically ([`write_atomic`], see [`crate::fs`]
+//! for targets, modes, temporary files and the completion marker).
 
-use std::fs;
 use std::path::Path;
 
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::fs::temp_path;
-pub use crate::fs::{ensure_dir, write_atomic};
+use crate::fs::{Staged, commit_all, stage, stage_bytes};
+pub use crate::fs::{
+    check_output_dir, check_output_file, destination, ensure_dir, remove_temporaries, resolved, write_atomic,
+};
 use crate::records::Metrics;
 
 /// The font used for the plots' text (DejaVu Sans, embedded; its licence is
@@ -31,10 +30,18 @@ pub fn register_font() {
     });
 }
 
-/// Writes `metrics.json`, `metrics.csv` and `loss.png` into `dir`.
+/// The files [`write_run`] writes, `metrics.json` (written last) first.
+pub const RUN_FILES: [&str; 3] = ["metrics.json", "metrics.csv", "loss.png"];
+
+/// The files [`write_comparison`] writes, `compare.json` (written last) first.
+pub const COMPARISON_FILES: [&str; 3] = ["compare.json", "compare_steps.png", "compare_seconds.png"];
+
+/// Writes `metrics.json`, `metrics.csv` and `loss.png` into `dir`:
+/// all three to temporary files first, then renamed with `metrics.json`
+/// last (the run's completion marker; see the [module docs](self)).
 pub fn write_run(dir: &Path, metrics: &Metrics) -> Result<()> {
     ensure_dir(dir)?;
-    write_atomic(&dir.join("metrics.json"), serde_json::to_string_pretty(metrics)?.as_bytes())?;
+    let json = stage_bytes(&dir.join("metrics.json"), serde_json::to_string_pretty(metrics)?.as_bytes())?;
     let mut csv = String::from("step,loss,seconds,test_loss,test_accuracy\n");
     let mut tests = metrics.test.iter().peekable();
     for s in &metrics.steps {
@@ -44,16 +51,28 @@ pub fn write_run(dir: &Path, metrics: &Metrics) -> Result<()> {
         };
         csv.push_str(&format!("{},{},{},{},{}\n", s.step, s.loss, s.seconds, tl, ta));
     }
-    write_atomic(&dir.join("metrics.csv"), csv.as_bytes())?;
+    let csv = stage_bytes(&dir.join("metrics.csv"), csv.as_bytes())?;
     let train: Vec<(f64, f64)> = metrics.steps.iter().map(|s| (s.step as f64, s.loss)).collect();
     let test: Vec<(f64, f64)> = metrics.test.iter().map(|t| (t.step as f64, t.loss)).collect();
     let title = format!("{} on {:?}", metrics.config.optimizer.name(), metrics.config.task);
-    plot(&dir.join("loss.png"), &title, "step", &[("train (batch)".into(), train), ("test".into(), test)])
+    let series = [("train (batch)".into(), train), ("test".into(), test)];
+    let png = stage_plot(&dir.join("loss.png"), &title, "step", &series)?;
+    commit_all(&dir.join("metrics.json"), vec![csv, png, json])
 }
 
 /// A line plot of several series with a logarithmic loss axis, written
 /// atomically as a PNG.
 pub fn plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    stage_plot(path, title, x_label, series)?.commit()
+}
+
+/// [`plot`] to a temporary file, not yet renamed.
+fn stage_plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<Staged> {
+    stage(path, |tmp| draw_plot(tmp, path, title, x_label, series))
+}
+
+/// Draws [`plot`]'s image into the file `tmp`; `path` names it in errors.
+fn draw_plot(tmp: &Path, path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
     register_font();
     let finite = |v: f64| v.is_finite() && v > 0.0;
     let points = series.iter().flat_map(|(_, s)| s.iter()).filter(|p| finite(p.1) && p.0.is_finite());
@@ -73,10 +92,9 @@ pub fn plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64
     let integral = series.iter().flat_map(|(_, s)| s.iter()).all(|p| p.0.fract() == 0.0);
     let (y_lo, y_hi) = (y0 * 0.95, y1 * 1.05);
     let (y_major, y_minor) = log_ticks(y_lo, y_hi);
-    let tmp = temp_path(path);
     let err = |e: &dyn std::fmt::Display| Error::Plot { path: path.to_path_buf(), reason: e.to_string() };
     {
-        let root = BitMapBackend::new(&tmp, (900, 600)).into_drawing_area();
+        let root = BitMapBackend::new(tmp, (900, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 24))
@@ -127,7 +145,7 @@ pub fn plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64
             .map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    Ok(())
 }
 
 /// Ticks of a logarithmic axis over `[lo, hi]` (`0 < lo < hi`): labelled
@@ -158,16 +176,22 @@ pub struct ComparisonRow {
     /// The optimizer.
     pub optimizer: String,
     /// Its learning rate (`None` for the adaptive rule, which has none).
+    #[serde(with = "crate::nonfinite::option")]
     pub lr: Option<f64>,
     /// Loss on the whole training split after the last step.
+    #[serde(with = "crate::nonfinite")]
     pub final_loss: f64,
     /// Test loss after the last step.
+    #[serde(with = "crate::nonfinite")]
     pub final_test_loss: f64,
     /// Training seconds.
+    #[serde(with = "crate::nonfinite")]
     pub seconds: f64,
     /// Median seconds per step.
+    #[serde(with = "crate::nonfinite")]
     pub median_step_seconds: f64,
     /// Median step time relative to the first optimizer's.
+    #[serde(with = "crate::nonfinite")]
     pub step_cost_ratio: f64,
 }
 
@@ -212,15 +236,17 @@ pub fn write_comparison(dir: &Path, runs: &[Metrics]) -> Result<String> {
         "threads": runs.first().map(|m| m.threads),
         "rows": rows,
     });
-    write_atomic(&dir.join("compare.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    let json = stage_bytes(&dir.join("compare.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     let by = |f: &dyn Fn(&crate::train::StepRecord) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
         runs.iter()
             .map(|m| (m.config.optimizer.name().to_string(), m.steps.iter().map(|s| (f(s), s.loss)).collect()))
             .collect()
     };
     let task = runs.first().map(|m| format!("{:?}", m.config.task)).unwrap_or_default();
-    plot(&dir.join("compare_steps.png"), &format!("{task}: batch loss"), "step", &by(&|s| s.step as f64))?;
-    plot(&dir.join("compare_seconds.png"), &format!("{task}: batch loss"), "seconds", &by(&|s| s.seconds))?;
+    let title = format!("{task}: batch loss");
+    let steps = stage_plot(&dir.join("compare_steps.png"), &title, "step", &by(&|s| s.step as f64))?;
+    let seconds = stage_plot(&dir.join("compare_seconds.png"), &title, "seconds", &by(&|s| s.seconds))?;
+    commit_all(&dir.join("compare.json"), vec![steps, seconds, json])?;
     let mut table = format!(
         "| optimizer | lr | final train loss | final test loss | seconds | median s/step | step cost vs {} |\n|---|---|---|---|---|---|---|\n",
         rows.first().map_or("-", |r| r.optimizer.as_str())
@@ -260,15 +286,18 @@ pub struct Panel {
 /// matrix larger than that is subsampled, a smaller one is drawn with
 /// square blocks.
 pub fn heatmaps(path: &Path, title: &str, rows: &[(String, Vec<Panel>)], cell: u32) -> Result<()> {
+    stage(path, |tmp| draw_heatmaps(tmp, path, title, rows, cell))?.commit()
+}
+
+fn draw_heatmaps(tmp: &Path, path: &Path, title: &str, rows: &[(String, Vec<Panel>)], cell: u32) -> Result<()> {
     register_font();
     let cols = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0).max(1) as u32;
     let (label_w, title_h, caption_h, gap) = (170u32, 50u32, 26u32, 12u32);
     let width = label_w + cols * (cell + gap) + gap;
     let height = title_h + rows.len().max(1) as u32 * (cell + caption_h + gap) + gap;
-    let tmp = temp_path(path);
     let err = |e: &dyn std::fmt::Display| Error::Plot { path: path.to_path_buf(), reason: e.to_string() };
     {
-        let root = BitMapBackend::new(&tmp, (width, height)).into_drawing_area();
+        let root = BitMapBackend::new(tmp, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let centre = |x: i32, w: u32| x + w as i32 / 2;
         let text = |size: u32| {
@@ -318,7 +347,7 @@ pub fn heatmaps(path: &Path, title: &str, rows: &[(String, Vec<Panel>)], cell: u
         }
         root.present().map_err(|e| err(&e))?;
     }
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    Ok(())
 }
 
 #[cfg(test)]

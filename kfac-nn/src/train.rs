@@ -64,6 +64,25 @@ impl Task {
         })
     }
 
+    /// The SHA-256 of the data, in hex: both sets' pixels (as `f32`),
+    /// labels, image sizes and number of classes. A checkpoint stores it,
+    /// and a resume refuses data whose fingerprint differs.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for set in [&self.train, &self.test] {
+            for n in [set.len(), set.rows, set.cols, set.classes] {
+                h.update((n as u64).to_le_bytes());
+            }
+            for chunk in set.images.as_slice_memory_order().unwrap_or(&[]).chunks(1 << 16) {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+                h.update(&bytes);
+            }
+            h.update(&set.labels);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The network of this task, initialised from `seed`.
     pub fn network<T: Scalar>(&self, seed: u64) -> Result<Mlp<T>> {
         Mlp::new(&self.sizes, Activation::Tanh, Activation::Identity, Init::default(), seed, &self.overrides)
@@ -142,6 +161,16 @@ fn config_differences(saved: &TrainConfig, asked: &TrainConfig) -> Result<Vec<St
     Ok(out)
 }
 
+/// The state of the data order of a run of `config` on `n` examples after
+/// `step` steps (the seed decides it).
+fn data_order_after(n: usize, config: &TrainConfig, step: usize) -> crate::data::BatchState {
+    let mut b = Batches::new(n, config.batch_size, config.seed ^ 0xBA7C);
+    for _ in 0..step {
+        b.next_batch();
+    }
+    b.state()
+}
+
 /// Trains `task` as `config` says, with checkpoints as `options` says;
 /// `progress` sees each step.
 ///
@@ -168,6 +197,9 @@ pub fn train_with<T: Scalar>(
             why: "must be positive".into(),
         });
     }
+    if let Some(path) = &options.save {
+        crate::report::check_output_file(path)?;
+    }
     let la = T::backend(config.backend, config.parallelism == Parallelism::Products)?;
     let la = &*la;
     let mut mlp = task.network::<T>(config.seed)?;
@@ -175,11 +207,14 @@ pub fn train_with<T: Scalar>(
     let mut opt = Optimizer::with_products(config.optimizer.clone(), &mlp, config.curvature_products)?;
     let mut batches = Batches::new(task.train.len(), config.batch_size, config.seed ^ 0xBA7C);
     let mut rng = Rng::stream(config.seed, 0x005A_3F1E);
-    let mut steps = Vec::with_capacity(config.steps);
+    // Not one record per step ahead: `steps` may be huge.
+    let mut steps = Vec::with_capacity(config.steps.min(1 << 12));
     let mut test = Vec::new();
     let mut elapsed = 0.0;
     let mut first = 1;
     let layers: Vec<(usize, usize)> = mlp.layers.iter().map(|l| (l.d_in(), l.d_out())).collect();
+    let fingerprint =
+        if options.save.is_some() || options.resume.is_some() { task.fingerprint() } else { String::new() };
     if let Some(path) = &options.resume {
         let bad = |reason: String| Error::Checkpoint { path: path.clone(), reason };
         let ck = checkpoint::load::<T>(path)?;
@@ -198,10 +233,21 @@ pub fn train_with<T: Scalar>(
                 config.steps
             )));
         }
-        let restored = Batches::from_state(ck.run.batches)?;
+        if ck.run.data != fingerprint {
+            return Err(bad(format!(
+                "it was saved with other data (SHA-256 {}..., this data {}...): the data files were changed or \
+                 replaced; resume with the data it was saved with",
+                ck.run.data.get(..12).unwrap_or(&ck.run.data),
+                &fingerprint[..12]
+            )));
+        }
         if ck.run.batches.n != task.train.len() || ck.run.batches.batch_size != config.batch_size {
             return Err(bad("its data order is for another training set or batch size".into()));
         }
+        if data_order_after(task.train.len(), config, ck.run.step) != ck.run.batches {
+            return Err(bad(format!("its data order is not the one of step {} of this run", ck.run.step)));
+        }
+        let restored = Batches::from_state(ck.run.batches)?;
         opt.restore(&ck.optimizer).map_err(|e| bad(e.to_string()))?;
         for (layer, w) in mlp.layers.iter_mut().zip(ck.weights) {
             layer.w = w;
@@ -234,6 +280,7 @@ pub fn train_with<T: Scalar>(
             test: test.to_vec(),
             layers: layers.clone(),
             optimizer: opt.state(),
+            data: fingerprint.clone(),
         };
         checkpoint::save(path, &run, mlp)
     };

@@ -224,7 +224,9 @@ fn foreign_checkpoints_are_refused() {
     // Version and format: rewrite the header entries (same lengths), fix the checksum.
     for (from, to, expect) in [
         ("\"version\":\"2\"", "\"version\":\"9\"", "version 9"),
-        ("\"version\":\"2\"", "\"version\":\"1\"", "format version 1, written before the K-FAC optimizer moved"),
+        // Version 1 lacked the layout of the optimizer state and the data's fingerprint: refused, saying why.
+        ("\"version\":\"2\"", "\"version\":\"1\"", "lays out the optimizer's state as kfac-core does"),
+        ("\"version\":\"2\"", "\"version\":\"1\"", "SHA-256"),
         ("kfac-checkpoint", "kfac-checkpoinx", "format"),
     ] {
         let mut b = bytes.clone();

@@ -3,8 +3,8 @@
 use ndarray::{Array1, Array2, ArrayView2, Zip};
 
 use super::{
-    CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, factored_damped, from_basis, kron_dense, lin_err,
-    mean_diag, not_ready, outer_plus, safe_eigh, safe_spd_inverse, to_basis,
+    CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, damped_inverse, factored_damped, from_basis,
+    kron_dense, lin_err, mean_diag, not_ready, outer_plus, safe_eigh, to_basis,
 };
 use crate::damping::Damping;
 use crate::error::{Error, Result};
@@ -131,9 +131,16 @@ impl<T: Real> KfacBlock<T> {
                 damping: damping.to_string(),
                 why: "the Cholesky path cannot damp the whole Kronecker product; use KfacMethod::Eigen or Damping::Factored",
             })?;
+        let (da, db) = damping
+            .factored_terms(mean_diag(self.factors.a()), mean_diag(self.factors.b()))
+            .unwrap_or((T::zero(), T::zero()));
         let mut counters = self.counters;
-        let a_inv = safe_spd_inverse(la, a_damped.view(), &self.name, "A", &mut counters)?;
-        let b_inv = safe_spd_inverse(la, b_damped.view(), &self.name, "B", &mut counters)?;
+        let (a_inv, a_fixed) =
+            damped_inverse(la, self.factors.a(), a_damped.view(), da, &self.name, "A", &mut counters)?;
+        let (b_inv, b_fixed) =
+            damped_inverse(la, self.factors.b(), b_damped.view(), db, &self.name, "B", &mut counters)?;
+        let a_damped = a_fixed.unwrap_or(a_damped);
+        let b_damped = b_fixed.unwrap_or(b_damped);
         counters.refreshes += 1;
         self.counters = counters;
         self.cache = Cache::Inverse { a_inv, b_inv, a_damped, b_damped };

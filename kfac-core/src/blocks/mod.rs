@@ -387,6 +387,60 @@ pub(crate) fn safe_spd_inverse<T: Real>(
     }
 }
 
+/// The inverse of a damped factor $M = F + \delta I$ ($F$ positive
+/// semi-definite, $\delta$ = `floor`, `damped` = $M$ as rounded): by
+/// Cholesky of $M$, with the safeguards of [`safe_spd_inverse`]. When that
+/// fails even in `f64`, $M$ is numerically singular (the round-off of $F$,
+/// about $\epsilon \lVert F \rVert$, exceeds $\delta$, which may even be
+/// lost when added in `f32`), and the inverse comes from the
+/// eigendecomposition of $F$ itself (in `f64` when the backend has an `f64`
+/// twin), its eigenvalues clamped at zero and then damped:
+/// $(U \operatorname{diag}(\max(s, 0) + \delta) U^\top)^{-1}$, the exact
+/// damped inverse of the nearest positive semi-definite factor. That
+/// fallback is counted in `counters.eigen_fallbacks`, and the matrix it
+/// inverts is returned beside the inverse (so that `multiply` stays its
+/// inverse). With $\delta \le 0$ there is no floor, and the Cholesky error
+/// is returned.
+pub(crate) fn damped_inverse<T: Real>(
+    la: &dyn LinAlg<T>,
+    factor: ArrayView2<'_, T>,
+    damped: ArrayView2<'_, T>,
+    floor: T,
+    block: &str,
+    what: &'static str,
+    counters: &mut Counters,
+) -> Result<(Array2<T>, Option<Array2<T>>)> {
+    let error = match safe_spd_inverse(la, damped, block, what, counters) {
+        Ok(inv) => return Ok((inv, None)),
+        Err(e @ Error::NonFinite { .. }) => return Err(e),
+        Err(e) => e,
+    };
+    let floor = floor.to_f64_exact();
+    if floor.is_nan() || floor <= 0.0 {
+        return Err(error);
+    }
+    check_finite(block, what, factor)?;
+    let owned = symmetrised(factor);
+    let sym = owned.as_ref().map_or(factor, |s| s.view());
+    let eig = match la.f64_backend() {
+        Some(la64) => la64.eigh(sym.mapv(|x| x.to_f64_exact()).view()).map_err(dec_err(block, what))?,
+        None => {
+            let e = la.eigh(sym).map_err(dec_err(block, what))?;
+            SymEig { values: e.values.mapv(|x| x.to_f64_exact()), vectors: e.vectors.mapv(|x| x.to_f64_exact()) }
+        }
+    };
+    let s = eig.values.mapv(|x| x.max(0.0) + floor);
+    let u = &eig.vectors;
+    let scaled = |w: &Array1<f64>| u * &w.view().insert_axis(ndarray::Axis(0));
+    let inverse = scaled(&s.mapv(|x| 1.0 / x)).dot(&u.t()).mapv(T::from_f64_lossy);
+    let repaired = scaled(&s).dot(&u.t()).mapv(T::from_f64_lossy);
+    if !inverse.iter().chain(repaired.iter()).all(|x| x.is_finite()) {
+        return Err(error);
+    }
+    counters.eigen_fallbacks += 1;
+    Ok((inverse, Some(repaired)))
+}
+
 pub(crate) fn outer_plus<T: Real>(sb: ArrayView1<'_, T>, sa: ArrayView1<'_, T>, db: T, da: T) -> Array2<T> {
     Array2::from_shape_fn((sb.len(), sa.len()), |(i, j)| (sb[i] + db) * (sa[j] + da))
 }

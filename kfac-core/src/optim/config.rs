@@ -269,9 +269,13 @@ impl AdaptiveConfig {
         if !(self.omega > 0.0 && self.omega < 1.0) {
             return bad("adaptive.omega", self.omega, "must lie in (0, 1)");
         }
-        for (what, t) in [("adaptive.t1", self.t1), ("adaptive.t2", self.t2)] {
+        for (what, t, base) in [("adaptive.t1", self.t1, self.omega), ("adaptive.t2", self.t2, self.omega.sqrt())] {
             if t == 0 {
                 return bad(what, 0.0, "must be at least 1");
+            }
+            // λ is divided by ω^{t1}: the power must not underflow to 0.
+            if !(i32::try_from(t).is_ok() && power(base, t) > 0.0) {
+                return bad(what, t as f64, "too long a period: omega^t underflows to 0");
             }
         }
         if !(0.0 <= self.lambda_min && self.lambda_min <= self.lambda_max && self.lambda_max.is_finite()) {
@@ -372,9 +376,15 @@ impl KfacConfig {
                 }
                 representable::<T>("lr", f.lr)?;
                 representable::<T>("momentum", f.momentum)?;
+                below_one::<T>("momentum", f.momentum)?;
                 representable::<T>("damping", f.damping)?;
             }
-            UpdateRule::Adaptive(a) => a.validate()?,
+            UpdateRule::Adaptive(a) => {
+                a.validate()?;
+                if let Some(g) = a.gamma {
+                    representable::<T>("adaptive.gamma^2", g * g)?;
+                }
+            }
         }
         Ok(())
     }
@@ -385,6 +395,23 @@ impl Default for KfacConfig {
     fn default() -> Self {
         Self::ekfac()
     }
+}
+
+/// Refuses a `value` below 1 in `f64` that rounds to 1 in the precision `T`
+/// (a momentum of 0.999999999 is 1 in `f32`).
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] naming `what`.
+pub fn below_one<T: Real>(what: &'static str, value: f64) -> Result<()> {
+    if T::from_f64_lossy(value) >= T::one() {
+        return Err(Error::InvalidConfig {
+            what,
+            value: format!("{value} in {}", T::NAME),
+            why: "rounds to 1 in the run's precision: it must stay below 1",
+        });
+    }
+    Ok(())
 }
 
 /// $x^n$ by repeated multiplication (`powi`) where the exponent fits an
@@ -407,19 +434,12 @@ fn bad(what: &'static str, value: f64, why: &'static str) -> Result<()> {
 /// [`Error::InvalidConfig`] naming `what`.
 pub fn representable<T: Real>(what: &'static str, value: f64) -> Result<()> {
     let t = T::from_f64_lossy(value);
-    if !t.is_finite() {
-        return Err(Error::InvalidConfig {
-            what,
-            value: value.to_string(),
-            why: "overflows the precision of the run (f32 reaches only about 3.4e38)",
-        });
-    }
-    if value != 0.0 && t == T::zero() {
-        return Err(Error::InvalidConfig {
-            what,
-            value: value.to_string(),
-            why: "rounds to zero in the precision of the run (f32 stops at about 1.4e-45)",
-        });
-    }
-    Ok(())
+    let why = if !t.is_finite() {
+        "overflows the run's precision"
+    } else if value != 0.0 && t == T::zero() {
+        "rounds to zero in the run's precision"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidConfig { what, value: format!("{value} in {}", T::NAME), why })
 }

@@ -74,7 +74,7 @@ mod quadratic;
 mod report;
 mod state;
 
-pub use config::{AdaptiveConfig, CurvatureConfig, FixedRule, KfacConfig, UpdateRule, representable};
+pub use config::{AdaptiveConfig, CurvatureConfig, FixedRule, KfacConfig, UpdateRule, below_one, representable};
 pub use finite_differences::{FiniteDifferences, OutputModel};
 pub use model::{CurvatureModel, NoCurvature};
 pub use quadratic::{ModelStep, dot, fisher_trace_per_parameter, levenberg_marquardt, quadratic_step, reduction_ratio};

@@ -36,17 +36,23 @@ impl StepReport {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AdaptiveRecord {
     /// $\lambda$ of the quadratic model used at this step.
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite"))]
     pub lambda: f64,
     /// $\gamma$: the preconditioner's damping is $\gamma^2$.
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite"))]
     pub gamma: f64,
     /// The coefficient of the preconditioned gradient.
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite"))]
     pub alpha: f64,
     /// The coefficient of the previous update.
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite"))]
     pub mu: f64,
     /// $M(\delta) - M(0)$.
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite"))]
     pub model_change: f64,
     /// The reduction ratio, on the steps where it is measured (every `t1`
     /// steps; every step with [`AdaptiveConfig::reject`](super::AdaptiveConfig::reject)).
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite::option"))]
     pub rho: Option<f64>,
     /// Whether the step was undone ([`AdaptiveConfig::reject`](super::AdaptiveConfig::reject)).
     #[cfg_attr(feature = "serde", serde(default))]

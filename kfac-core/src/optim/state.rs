@@ -9,8 +9,10 @@ use crate::preconditioner::PreconditionerState;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AdaptiveState {
     /// $\lambda$, the quadratic model's damping.
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite"))]
     pub lambda: f64,
     /// $\gamma$: the preconditioner's damping is $\gamma^2$.
+    #[cfg_attr(feature = "serde", serde(with = "crate::nonfinite"))]
     pub gamma: f64,
     /// Adaptive steps taken (rejected ones included).
     pub steps: usize,

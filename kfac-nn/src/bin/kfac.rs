@@ -39,6 +39,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train one network and write metrics.json, metrics.csv and loss.png.
+    #[command(allow_negative_numbers = true)]
     Train {
         #[command(flatten)]
         common: Common,
@@ -62,6 +63,7 @@ enum Command {
     },
     /// Train several optimizers on the same task, seed and batches; write a
     /// table (compare.json) and plots of loss against steps and seconds.
+    #[command(allow_negative_numbers = true)]
     Compare {
         #[command(flatten)]
         common: Common,
@@ -186,7 +188,13 @@ struct Common {
     #[arg(long, value_enum, default_value_t = ProductsArg::Exact, requires = "adaptive")]
     adaptive_products: ProductsArg,
     /// Adaptive: bounds of lambda, "MIN,MAX".
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1e-8, 1e8], requires = "adaptive")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        default_values_t = [1e-8, 1e8],
+        requires = "adaptive"
+    )]
     adaptive_bounds: Vec<f64>,
     /// K-FAC's block structure: block-diagonal, or Martens & Grosse's
     /// block-tridiagonal inverse (cross-layer factors; factored damping).
@@ -308,14 +316,21 @@ impl Common {
                 why: "a non-negative number or \"auto\"".into(),
             })?),
         };
+        let &[lambda_min, lambda_max] = self.adaptive_bounds.as_slice() else {
+            return Err(Error::Config {
+                what: "adaptive-bounds",
+                value: format!("{:?}", self.adaptive_bounds),
+                why: "two numbers, MIN,MAX".into(),
+            });
+        };
         Ok(AdaptiveConfig {
             reject: self.adaptive_reject,
             lambda,
             omega: self.adaptive_omega,
             t1: self.adaptive_t1,
             t2: self.adaptive_t2,
-            lambda_min: self.adaptive_bounds.first().copied().unwrap_or(1e-8),
-            lambda_max: self.adaptive_bounds.get(1).copied().unwrap_or(1e8),
+            lambda_min,
+            lambda_max,
             gamma: self.adaptive_gamma,
         })
     }
@@ -376,6 +391,15 @@ macro_rules! say {
     }};
 }
 
+/// `eprintln!` that ignores a closed standard error (e.g.
+/// `kfac ... 2>&1 | head -n 1`) instead of panicking.
+macro_rules! warn {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn run_one<T: Scalar>(
     config: &TrainConfig,
     task: &Task,
@@ -394,7 +418,7 @@ fn run_one<T: Scalar>(
         bar.set_position(rec.step as u64);
         bar.set_message(format!("loss {:.4}", rec.loss));
         if let Some(what) = &rec.skipped {
-            bar.suspend(|| eprintln!("warning: step {} skipped: {what} is not finite", rec.step));
+            bar.suspend(|| warn!("warning: step {} skipped: {what} is not finite", rec.step));
         }
     });
     bar.finish_and_clear();
@@ -431,9 +455,21 @@ fn run(cli: Cli) -> Result<()> {
     let common = match &cli.command {
         Command::Train { common, .. } | Command::Compare { common, .. } => common.clone(),
     };
-    let threads = common.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = common.threads.unwrap_or(cores);
     if threads == 0 {
         return Err(Error::Config { what: "threads", value: "0".into(), why: "must be at least 1".into() });
+    }
+    if threads > MAX_THREADS_PER_CORE * cores {
+        return Err(Error::Config {
+            what: "threads",
+            value: threads.to_string(),
+            why: format!(
+                "at most {} ({MAX_THREADS_PER_CORE} per core, {cores} cores available): more threads than \
+                 cores only slow the run down",
+                MAX_THREADS_PER_CORE * cores
+            ),
+        });
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Config {
         what: "threads",
@@ -453,15 +489,13 @@ fn run(cli: Cli) -> Result<()> {
                 });
             }
             let config = common.config(optimizer.into())?;
+            check_train_outputs(&config, &out, save.as_deref())?;
             let task = Task::load(config.task, &config.data, config.seed)?;
             let start = Instant::now();
             let options = RunOptions { save, save_every, resume };
             let metrics = dispatch(&config, &task, &options, common.quiet, optimizer.into_kind().name())?;
             if metrics.skipped_steps > 0 {
-                eprintln!(
-                    "warning: {} steps were skipped (non-finite numbers); see metrics.json",
-                    metrics.skipped_steps
-                );
+                warn!("warning: {} steps were skipped (non-finite numbers); see metrics.json", metrics.skipped_steps);
             }
             report::write_run(&out, &metrics)?;
             say!("{}", summary(&metrics));
@@ -481,6 +515,10 @@ fn run(cli: Cli) -> Result<()> {
                 });
             }
             let first = common.config(optimizers[0].into())?;
+            report::check_output_dir(&out, &report::COMPARISON_FILES)?;
+            for opt in &optimizers {
+                report::check_output_dir(&out.join(opt.into_kind().name()), &report::RUN_FILES)?;
+            }
             let task = Task::load(first.task, &first.data, first.seed)?;
             let mut runs = Vec::new();
             for opt in &optimizers {
@@ -501,23 +539,70 @@ fn run(cli: Cli) -> Result<()> {
     })
 }
 
+/// The most worker threads per available core (`--threads`).
+const MAX_THREADS_PER_CORE: usize = 4;
+
+/// Checks every output of `kfac train` before the first step: the output
+/// directory can receive its files, the checkpoint's directory exists and
+/// can receive it, and the checkpoint is neither one of the run's own
+/// outputs nor one of its data files.
+fn check_train_outputs(config: &TrainConfig, out: &std::path::Path, save: Option<&std::path::Path>) -> Result<()> {
+    report::check_output_dir(out, &report::RUN_FILES)?;
+    let Some(save) = save else { return Ok(()) };
+    report::check_output_file(save)?;
+    let mut taken: Vec<PathBuf> = report::RUN_FILES.iter().map(|f| out.join(f)).collect();
+    if let DataSource::MnistDir(dir) = &config.data {
+        for base in
+            ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+        {
+            taken.push(dir.join(base));
+            taken.push(dir.join(format!("{base}.gz")));
+        }
+    }
+    let target = report::resolved(save);
+    if let Some(clash) = taken.iter().find(|p| target.is_some() && report::resolved(p) == target) {
+        return Err(Error::Config {
+            what: "save",
+            value: save.display().to_string(),
+            why: format!("it is {}, which the run reads or writes itself", clash.display()),
+        });
+    }
+    Ok(())
+}
+
 impl Opt {
     fn into_kind(self) -> OptimizerKind {
         self.into()
     }
 }
 
+/// The exit code after SIGINT or SIGTERM (128 + SIGINT's number, as shells
+/// report it).
+const INTERRUPTED: i32 = 130;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // SIGINT and SIGTERM: remove the temporary file of a write in
+    // progress (the file it replaces stays as it was), then exit.
+    let _ = ctrlc::set_handler(|| {
+        report::remove_temporaries();
+        warn!("error: interrupted (SIGINT or SIGTERM); every output is either complete or as it was");
+        std::process::exit(INTERRUPTED);
+    });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One line: the message, and any cause it does not already say.
+            let mut line = format!("error: {e}");
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
-                eprintln!("  caused by: {s}");
+                let cause = s.to_string();
+                if !line.contains(&cause) {
+                    line.push_str(&format!(": {cause}"));
+                }
                 source = s.source();
             }
+            warn!("{}", line.replace('\n', " "));
             ExitCode::FAILURE
         }
     }

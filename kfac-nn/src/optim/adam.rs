@@ -3,6 +3,9 @@
 //! $$ m \leftarrow \beta_1 m + (1-\beta_1)\nabla,\quad v \leftarrow \beta_2 v + (1-\beta_2)\nabla^{\odot 2},\quad
 //!    \theta \leftarrow \theta - \eta\,\frac{m / (1-\beta_1^t)}{\sqrt{v / (1-\beta_2^t)} + \epsilon}, $$
 //! with $\nabla$ the gradient of the mean batch loss plus $\ell_2\,\theta$.
+//! The new weights and moments are computed and checked to be finite before
+//! any is written (and the counter $t$ advances only then), so a refused
+//! step changes nothing.
 
 use kfac::optim::StepReport;
 use kfac::optim::guards::finite;
@@ -48,6 +51,8 @@ impl AdamConfig {
         check_real::<T>("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "must lie in [0, 1)")?;
         check_real::<T>("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "must lie in [0, 1)")?;
         check_real::<T>("eps", self.eps, self.eps > 0.0, "must be positive")?;
+        ::kfac::optim::below_one::<T>("beta1", self.beta1)?;
+        ::kfac::optim::below_one::<T>("beta2", self.beta2)?;
         check_real::<T>("l2", self.l2, self.l2 >= 0.0, "must be non-negative")
     }
 }
@@ -83,17 +88,34 @@ impl<T: Scalar> Adam<T> {
         if !finite(&grads) {
             return refuse(policy, &mut self.skipped_steps, value, "the gradient");
         }
-        self.t += 1;
+        let Some(next) = self.t.checked_add(1) else {
+            return refuse(policy, &mut self.skipped_steps, value, "Adam's step counter");
+        };
         let cfg = &self.config;
         let (b1, b2) = (T::from_f64_lossy(cfg.beta1), T::from_f64_lossy(cfg.beta2));
-        let c1 = T::one() - b1.powi(self.t);
-        let c2 = T::one() - b2.powi(self.t);
+        let c1 = T::one() - b1.powi(next);
+        let c2 = T::one() - b2.powi(next);
         let (lr, eps) = (T::from_f64_lossy(cfg.lr), T::from_f64_lossy(cfg.eps));
+        let update = |w: T, m: T, v: T, g: T| {
+            let m = b1 * m + (T::one() - b1) * g;
+            let v = b2 * v + (T::one() - b2) * g * g;
+            (w - lr * (m / c1) / ((v / c2).sqrt() + eps), m, v)
+        };
+        // The same arithmetic twice: first to check that every new weight
+        // and moment is finite, then to write them.
+        let fits = mlp.layers.iter().zip(&self.m).zip(&self.v).zip(&grads).all(|(((layer, m), v), g)| {
+            Zip::from(&layer.w).and(m).and(v).and(g).all(|&w, &m, &v, &g| {
+                let (w, m, v) = update(w, m, v, g);
+                w.is_finite() && m.is_finite() && v.is_finite()
+            })
+        });
+        if !fits {
+            return refuse(policy, &mut self.skipped_steps, value, "Adam's updated weight or moment");
+        }
+        self.t = next;
         for (((layer, m), v), g) in mlp.layers.iter_mut().zip(self.m.iter_mut()).zip(self.v.iter_mut()).zip(&grads) {
             Zip::from(&mut layer.w).and(&mut *m).and(&mut *v).and(g).for_each(|w, m, v, &g| {
-                *m = b1 * *m + (T::one() - b1) * g;
-                *v = b2 * *v + (T::one() - b2) * g * g;
-                *w -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
+                (*w, *m, *v) = update(*w, *m, *v, g);
             });
         }
         Ok(StepReport::taken(value))

@@ -45,6 +45,7 @@ impl SgdConfig {
     pub fn validate<T: Scalar>(&self) -> Result<()> {
         check_real::<T>("lr", self.lr, self.lr > 0.0, "must be positive")?;
         check_real::<T>("momentum", self.momentum, (0.0..1.0).contains(&self.momentum), "must lie in [0, 1)")?;
+        ::kfac::optim::below_one::<T>("momentum", self.momentum)?;
         check_real::<T>("l2", self.l2, self.l2 >= 0.0, "must be non-negative")
     }
 }
