@@ -71,7 +71,7 @@ impl<T: Real> MovingAverage<T> {
     }
 
     /// An average from its parts (restoring a checkpoint; the caller checks them).
-    pub(crate) fn from_parts(value: Array2<T>, weight: f64, pending: Array2<T>, pending_count: f64) -> Self {
+    pub fn from_parts(value: Array2<T>, weight: f64, pending: Array2<T>, pending_count: f64) -> Self {
         Self { value, weight, pending, pending_count }
     }
 
@@ -135,7 +135,8 @@ impl<T: Real> MovingAverage<T> {
     }
 }
 
-pub(crate) fn check_decay(decay: f64) -> Result<()> {
+/// Checks that a decay lies in $[0, 1]$ ([`Error::InvalidConfig`] otherwise).
+pub fn check_decay(decay: f64) -> Result<()> {
     if (0.0..=1.0).contains(&decay) {
         Ok(())
     } else {

@@ -10,7 +10,8 @@
 //!
 //! The bias column is never materialised: with $X$ the $N \times d_\text{in}$
 //! inputs, $\sum_n \bar a_n \bar a_n^\top = \begin{pmatrix} X^\top X & X^\top \mathbf 1 \\
-//! \mathbf 1^\top X & N \end{pmatrix}$.
+//! \mathbf 1^\top X & N \end{pmatrix}$. Layers that share their weights over
+//! positions use the expand or reduce factors of [`crate::statistics`].
 
 use ndarray::{ArrayView2, Axis, s};
 
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::linalg::LinAlg;
 use crate::scalar::Real;
 use crate::shape::{LayerBatch, LayerShape};
+use crate::statistics::FactorRows;
 
 /// The pair of running Kronecker factors of one layer.
 #[derive(Debug, Clone)]
@@ -68,28 +70,41 @@ impl<T: Real> KroneckerFactors<T> {
         self.a.is_initialised()
     }
 
-    /// Adds a batch's sums $\sum_n \bar a_n \bar a_n^\top$ and $\sum_n g_n g_n^\top$ to the
-    /// pending step. `block` names the owner in errors.
+    /// Adds a batch's sums to the pending step: $\sum_n \bar a_n \bar a_n^\top$
+    /// and $\sum_n g_n g_n^\top$ for a dense layer, or with weight sharing
+    /// those of the batch's approximation, expand or reduce
+    /// ([`LayerBatch::factor_rows`], [`crate::statistics`]), counted as $N$
+    /// examples. `block` names the owner in errors.
     pub fn accumulate(&mut self, la: &dyn LinAlg<T>, batch: &LayerBatch<'_, T>, block: &str) -> Result<()> {
         batch.validate(block, self.shape)?;
+        self.add_rows(la, &batch.factor_rows(), block)
+    }
+
+    /// $A \mathrel{+}= s_A \sum \bar x \bar x^\top$ over the input rows and
+    /// $B \mathrel{+}= \beta\, G^\top G$, both counted as `rows.examples`.
+    fn add_rows(&mut self, la: &dyn LinAlg<T>, rows: &FactorRows<'_, T>, block: &str) -> Result<()> {
+        let (inputs, grads, a_scale) = (rows.inputs.view(), rows.grads.view(), rows.a_scale);
+        let n = rows.examples;
         let d_in = self.shape.d_in;
-        let n = batch.len();
         let lin = |source| Error::LinAlg { block: block.to_string(), source };
+        let scale = a_scale.unwrap_or(T::one());
         {
             let mut pa = self.a.pending_mut();
-            la.gram(T::one(), batch.inputs, T::one(), pa.slice_mut(s![..d_in, ..d_in])).map_err(lin)?;
+            la.gram(scale, inputs, T::one(), pa.slice_mut(s![..d_in, ..d_in])).map_err(lin)?;
             if self.shape.bias {
-                let col = batch.inputs.sum_axis(Axis(0));
+                let mut col = inputs.sum_axis(Axis(0));
+                if a_scale.is_some() {
+                    col.mapv_inplace(|x| x * scale);
+                }
                 for i in 0..d_in {
                     pa[(i, d_in)] += col[i];
                     pa[(d_in, i)] += col[i];
                 }
-                pa[(d_in, d_in)] += T::from_usize(n).unwrap_or(T::zero());
+                pa[(d_in, d_in)] += T::from_usize(inputs.nrows()).unwrap_or(T::zero()) * scale;
             }
         }
         self.a.add_count(n);
-        let m = batch.grad_multiplier();
-        la.gram(m * m, batch.grads, T::one(), self.b.pending_mut()).map_err(lin)?;
+        la.gram(rows.b_alpha, grads, T::one(), self.b.pending_mut()).map_err(lin)?;
         self.b.add_count(n);
         Ok(())
     }
@@ -125,7 +140,7 @@ impl<T: Real> KroneckerFactors<T> {
 
     /// Factors from their averages (restoring a checkpoint; the caller checks
     /// the dimensions).
-    pub(crate) fn from_parts(shape: LayerShape, a: MovingAverage<T>, b: MovingAverage<T>) -> Self {
+    pub fn from_parts(shape: LayerShape, a: MovingAverage<T>, b: MovingAverage<T>) -> Self {
         Self { shape, a, b }
     }
 

@@ -15,7 +15,9 @@
 //! pre-activation gradients can use this crate:
 //! - [`LayerBatch`] carries them (conventions in [`shape`]: the loss is a
 //!   mean over the batch, $g_n$ is per-example, the bias is the last column of
-//!   $\bar W$, `vec` stacks columns);
+//!   $\bar W$, `vec` stacks columns), for dense layers and for layers that
+//!   share their weights over positions, convolutions and sequences
+//!   ([`statistics`]: K-FAC-expand, K-FAC-reduce, KFC and [`conv::im2col`]);
 //! - a [`CurvatureBlock`] ([`KfacBlock`], [`EkfacBlock`], [`DiagonalBlock`],
 //!   [`DenseBlock`]) keeps one layer's statistics and preconditions its gradient;
 //! - [`Preconditioner`] runs the blocks of a stack of layers on K-FAC's
@@ -172,6 +174,7 @@ pub mod rng;
 pub mod scalar;
 pub mod shape;
 pub mod state;
+pub mod statistics;
 pub mod tridiagonal;
 
 pub use average::MovingAverage;
@@ -192,4 +195,5 @@ pub use rng::Rng;
 pub use scalar::Real;
 pub use shape::{GradScale, LayerBatch, LayerShape};
 pub use state::{BlockHealth, BlockState};
+pub use statistics::{Normalization, Sharing, conv, conv::Conv2dGeometry};
 pub use tridiagonal::TridiagonalKfac;

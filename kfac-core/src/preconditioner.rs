@@ -203,6 +203,18 @@ impl<T: Real> Preconditioner<T> {
         Ok(Self { config, blocks, chain: None, step: 0, skipped })
     }
 
+    /// A block of its own kind for each layer, `layers[i]` = (shape, kind),
+    /// named `layer0`, `layer1`, ...; `config.block` is not used.
+    /// Block-diagonal only.
+    pub fn with_kinds(config: PreconditionerConfig, layers: &[(LayerShape, BlockKind)]) -> Result<Self> {
+        let blocks = layers
+            .iter()
+            .enumerate()
+            .map(|(i, &(s, kind))| kind.build(format!("layer{i}"), s))
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_blocks(config, blocks)
+    }
+
     /// Wraps blocks built by the caller (e.g. a different kind per layer);
     /// block-diagonal only.
     pub fn from_blocks(config: PreconditionerConfig, blocks: Vec<Box<dyn CurvatureBlock<T>>>) -> Result<Self> {

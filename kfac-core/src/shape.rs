@@ -27,11 +27,18 @@
 //! Backpropagating the mean loss gives $g_n / N$ instead; say so with
 //! [`GradScale::MeanLoss`] and the factor is undone. Feeding a batch twice,
 //! or in two halves within one step, leaves the statistics unchanged.
+//!
+//! # Weight sharing
+//! A layer that applies its weights at several positions of each example
+//! (a convolution, a sequence layer) says so in its [`LayerBatch`]
+//! ([`LayerBatch::shared`]); the approximations and their scaling are in
+//! [`crate::statistics`].
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 use crate::error::{Error, Result};
 use crate::scalar::Real;
+pub use crate::statistics::{Normalization, Sharing};
 
 /// The shape of a dense layer's parameter matrix $\bar W = [W \mid b]$.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,69 +115,113 @@ impl LayerShape {
     }
 }
 
-pub(crate) fn check_shape(
-    block: &str,
-    what: &'static str,
-    found: (usize, usize),
-    expected: (usize, usize),
-) -> Result<()> {
+/// [`Error::ShapeMismatch`] naming `block` and `what` unless `found` is `expected`.
+pub fn check_shape(block: &str, what: &'static str, found: (usize, usize), expected: (usize, usize)) -> Result<()> {
     if found != expected {
         return Err(Error::ShapeMismatch { block: block.to_string(), what, expected, found });
     }
     Ok(())
 }
 
-pub(crate) fn check_finite<T: Real>(block: &str, what: &'static str, x: ArrayView2<'_, T>) -> Result<()> {
+/// [`Error::NonFinite`] naming `block` and `what` if `x` holds a NaN or an infinity.
+pub fn check_finite<T: Real>(block: &str, what: &'static str, x: ArrayView2<'_, T>) -> Result<()> {
     if x.iter().all(|v| v.is_finite()) { Ok(()) } else { Err(Error::NonFinite { block: block.to_string(), what }) }
 }
 
 /// How the pre-activation gradients of a [`LayerBatch`] are scaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 pub enum GradScale {
-    /// Row $n$ is the per-example gradient $g_n = \partial \ell_n / \partial s_n$.
+    /// Each row is the gradient of its example's **unscaled** loss: $g_n$, or
+    /// $u_{n,r}$ with weight sharing.
     #[default]
     PerExample,
-    /// Row $n$ is the gradient of the mean loss $\frac{1}{N}\sum_n \ell_n$ over a
-    /// batch of `batch_size` examples, i.e. $g_n / N$ (what backpropagating a
-    /// mean loss yields). The rows are multiplied by `batch_size`. When a batch
-    /// is fed in several chunks, `batch_size` is the size of the whole batch.
+    /// Each row is the gradient of the training loss $L = c\sum\ell$ over a
+    /// batch of `batch_size` examples, as backpropagating $L$ gives it:
+    /// $c\,g_n$ ($g_n / N$ for the default mean over examples; $u_{n,r}/(NR)$
+    /// for a mean over positions, [`Normalization`]). The rows are divided by
+    /// $c$. When a batch is fed in several chunks, `batch_size` is the size of
+    /// the whole batch.
     MeanLoss {
-        /// $N$, the size of the batch the loss was averaged over.
+        /// $N$, the size of the batch the loss was taken over.
         batch_size: usize,
     },
 }
 
-/// One batch of a layer's statistics: its inputs and the gradients of the loss
-/// with respect to its pre-activations.
+/// One batch of a layer's statistics: its inputs and the gradients of the
+/// loss with respect to its pre-activations.
 ///
-/// `inputs` is $N \times d_\text{in}$ (without the bias column: the block
+/// `inputs` is $NR \times d_\text{in}$ (without the bias column: the block
 /// appends the constant 1 itself, without copying), `grads` is
-/// $N \times d_\text{out}$. Rows are examples. See the [module docs](self) for
-/// the scaling.
+/// $NR \times d_\text{out}$. Rows are examples ($R = 1$), or example $n$'s
+/// position $r$ at row $nR + r$ with weight sharing. See the
+/// [module docs](self) for the scaling and the approximations.
 #[derive(Debug, Clone)]
 pub struct LayerBatch<'a, T> {
-    /// The layer inputs $a_n$, one per row.
+    /// The layer inputs $a_n$ (or $a_{n,r}$), one per row.
     pub inputs: ArrayView2<'a, T>,
     /// The pre-activation gradients, one per row, scaled as `scale` says.
     pub grads: ArrayView2<'a, T>,
     /// How `grads` is scaled.
     pub scale: GradScale,
+    /// $R$, the positions of each example ($\ge 1$; 1 for a dense layer).
+    pub positions: usize,
+    /// Expand or reduce (irrelevant when $R = 1$).
+    pub sharing: Sharing,
+    /// The loss's normalisation $c$.
+    pub normalization: Normalization,
 }
 
 impl<'a, T: Real> LayerBatch<'a, T> {
-    /// A batch of per-example gradients ([`GradScale::PerExample`]).
+    /// A batch of per-example gradients ([`GradScale::PerExample`]), one
+    /// row per example.
     pub fn new(inputs: ArrayView2<'a, T>, grads: ArrayView2<'a, T>) -> Self {
-        Self { inputs, grads, scale: GradScale::PerExample }
+        Self {
+            inputs,
+            grads,
+            scale: GradScale::PerExample,
+            positions: 1,
+            sharing: Sharing::Expand,
+            normalization: Normalization::MeanOverExamples,
+        }
     }
 
     /// A batch whose gradients come from backpropagating the mean loss over
     /// these `N = inputs.nrows()` examples ([`GradScale::MeanLoss`]).
     pub fn from_mean_loss(inputs: ArrayView2<'a, T>, grads: ArrayView2<'a, T>) -> Self {
-        Self { inputs, grads, scale: GradScale::MeanLoss { batch_size: inputs.nrows() } }
+        Self { scale: GradScale::MeanLoss { batch_size: inputs.nrows() }, ..Self::new(inputs, grads) }
     }
 
-    /// Number of examples $N$.
+    /// A layer that shares its weights over `positions` positions of each
+    /// example: rows $nR + r$, per-example (unscaled) gradients,
+    /// [`Sharing::Expand`], [`Normalization::MeanOverExamples`]; change them
+    /// with the `with_` methods.
+    pub fn shared(inputs: ArrayView2<'a, T>, grads: ArrayView2<'a, T>, positions: usize) -> Self {
+        Self { positions, ..Self::new(inputs, grads) }
+    }
+
+    /// The same batch with the approximation `sharing`.
+    pub fn with_sharing(self, sharing: Sharing) -> Self {
+        Self { sharing, ..self }
+    }
+
+    /// The same batch with the loss's normalisation `normalization`.
+    pub fn with_normalization(self, normalization: Normalization) -> Self {
+        Self { normalization, ..self }
+    }
+
+    /// The same batch with its gradients scaled as `scale` says.
+    pub fn with_scale(self, scale: GradScale) -> Self {
+        Self { scale, ..self }
+    }
+
+    /// Number of examples $N$ (rows over positions).
     pub fn len(&self) -> usize {
+        self.inputs.nrows() / self.positions.max(1)
+    }
+
+    /// Number of rows, $NR$.
+    pub fn rows(&self) -> usize {
         self.inputs.nrows()
     }
 
@@ -179,52 +230,66 @@ impl<'a, T: Real> LayerBatch<'a, T> {
         self.len() == 0
     }
 
-    /// The factor that turns a row of `grads` into $g_n$.
+    /// The factor that turns a row of `grads` into $u$: 1 for per-example
+    /// rows, $1/c$ for gradients of the loss ($N$, $NR$ or 1, with $N$ the
+    /// loss's batch size).
     pub fn grad_multiplier(&self) -> T {
-        match self.scale {
-            GradScale::PerExample => T::one(),
-            GradScale::MeanLoss { batch_size } => T::from_usize(batch_size).unwrap_or(T::one()),
+        match (self.scale, self.normalization) {
+            (GradScale::PerExample, _) | (GradScale::MeanLoss { .. }, Normalization::Sum { .. }) => T::one(),
+            (GradScale::MeanLoss { batch_size }, Normalization::MeanOverExamples) => {
+                T::from_usize(batch_size).unwrap_or(T::one())
+            }
+            (GradScale::MeanLoss { batch_size }, Normalization::MeanOverPositions) => {
+                T::from_usize(batch_size * self.positions.max(1)).unwrap_or(T::one())
+            }
         }
     }
 
-    /// Checks shapes (against `shape`), emptiness and finiteness.
+    /// $cN$, the weight of the per-example statistics of the gradients in
+    /// $B$, the dense and diagonal blocks and EKFAC's scalings (their running
+    /// averages take means over examples): 1 for a mean over examples,
+    /// $1/R$ for a mean over positions, $N$ (the loss's batch size) for a sum.
+    pub fn normalization_weight(&self) -> T {
+        match self.normalization {
+            Normalization::MeanOverExamples => T::one(),
+            Normalization::MeanOverPositions => T::one() / T::from_usize(self.positions.max(1)).unwrap_or(T::one()),
+            Normalization::Sum { batch_size } => T::from_usize(batch_size).unwrap_or(T::one()),
+        }
+    }
+
+    /// Checks shapes (against `shape`), the positions, emptiness and
+    /// finiteness.
     pub fn validate(&self, block: &str, shape: LayerShape) -> Result<()> {
-        let n = self.inputs.nrows();
-        if n == 0 {
+        let rows = self.inputs.nrows();
+        if rows == 0 {
             return Err(Error::EmptyBatch { block: block.to_string(), what: "inputs" });
         }
-        check_shape(block, "inputs", self.inputs.dim(), (n, shape.d_in))?;
-        check_shape(block, "grads", self.grads.dim(), (n, shape.d_out))?;
-        if let GradScale::MeanLoss { batch_size: 0 } = self.scale {
+        if self.positions == 0 || !rows.is_multiple_of(self.positions) {
             return Err(Error::InvalidConfig {
-                what: "GradScale::MeanLoss::batch_size",
-                value: "0".into(),
-                why: "must be positive",
+                what: "LayerBatch::positions",
+                value: format!("{} positions for {rows} rows", self.positions),
+                why: "the rows must be whole examples: a positive number of positions that divides the rows",
             });
+        }
+        check_shape(block, "inputs", self.inputs.dim(), (rows, shape.d_in))?;
+        check_shape(block, "grads", self.grads.dim(), (rows, shape.d_out))?;
+        for (what, n) in [
+            (
+                "GradScale::MeanLoss::batch_size",
+                if let GradScale::MeanLoss { batch_size } = self.scale { batch_size } else { 1 },
+            ),
+            (
+                "Normalization::Sum::batch_size",
+                if let Normalization::Sum { batch_size } = self.normalization { batch_size } else { 1 },
+            ),
+        ] {
+            if n == 0 {
+                return Err(Error::InvalidConfig { what, value: "0".into(), why: "must be positive" });
+            }
         }
         check_finite(block, "inputs", self.inputs)?;
         check_finite(block, "grads", self.grads)?;
         Ok(())
-    }
-
-    /// The per-example gradients of the examples $\bar a_n \otimes g_n$ as rows
-    /// of an $N \times (d_\text{out} \dim A)$ matrix, in the `vec` order of the
-    /// [module docs](self). Materialises $N \times$ the parameter count: meant for
-    /// small layers (the dense block and tests).
-    pub fn per_example_gradients(&self, shape: LayerShape) -> Array2<T> {
-        let n = self.len();
-        let (d_out, a_dim) = shape.param_dims();
-        let m = self.grad_multiplier();
-        let mut j = Array2::zeros((n, d_out * a_dim));
-        for (mut out, (a, g)) in j.outer_iter_mut().zip(self.inputs.outer_iter().zip(self.grads.outer_iter())) {
-            for c in 0..a_dim {
-                let ac = if c < shape.d_in { a[c] } else { T::one() };
-                for r in 0..d_out {
-                    out[c * d_out + r] = ac * g[r] * m;
-                }
-            }
-        }
-        j
     }
 }
 

@@ -44,25 +44,29 @@ pub struct BlockState<T> {
 }
 
 impl<T: Real> BlockState<T> {
-    pub(crate) fn new(kind: &str, shape: LayerShape) -> Self {
+    /// An empty state of a block of kind `kind` (the name its `restored` checks) and shape `shape`.
+    pub fn new(kind: &str, shape: LayerShape) -> Self {
         Self { kind: kind.to_string(), shape, tensors: BTreeMap::new(), scalars: BTreeMap::new() }
     }
 
-    pub(crate) fn matrix(&mut self, name: &str, m: &Array2<T>) {
+    /// Stores the matrix `m` under `name`.
+    pub fn matrix(&mut self, name: &str, m: &Array2<T>) {
         self.tensors.insert(name.to_string(), m.clone().into_dyn());
     }
 
-    pub(crate) fn vector(&mut self, name: &str, v: &Array1<T>) {
+    /// Stores the vector `v` under `name`.
+    pub fn vector(&mut self, name: &str, v: &Array1<T>) {
         self.tensors.insert(name.to_string(), v.clone().into_dyn());
     }
 
-    pub(crate) fn scalar(&mut self, name: &str, v: f64) {
+    /// Stores the number `v` under `name` (an `f64` holds any `f32` or `f64` exactly).
+    pub fn scalar(&mut self, name: &str, v: f64) {
         self.scalars.insert(name.to_string(), v);
     }
 
     /// A running average: its value and weight, and the pending sums when a
     /// step is half accumulated.
-    pub(crate) fn average(&mut self, prefix: &str, avg: &MovingAverage<T>) {
+    pub fn average(&mut self, prefix: &str, avg: &MovingAverage<T>) {
         self.matrix(prefix, &avg.value().to_owned());
         self.scalar(&format!("{prefix}.weight"), avg.weight());
         if avg.pending_count() > 0.0 {
@@ -73,7 +77,7 @@ impl<T: Real> BlockState<T> {
 
     /// `damping.kind` (0: Tikhonov, 1: factored with the trace rule, 2:
     /// factored with π = 1) and `damping.lambda`; nothing for `None`.
-    pub(crate) fn damping(&mut self, damping: Option<Damping>) {
+    pub fn damping(&mut self, damping: Option<Damping>) {
         if let Some(d) = damping {
             let kind = match d {
                 Damping::Tikhonov { .. } => 0.0,
@@ -85,7 +89,8 @@ impl<T: Real> BlockState<T> {
         }
     }
 
-    pub(crate) fn counters(&mut self, c: &Counters) {
+    /// The counters of [`Counters`], as `count.*` scalars.
+    pub fn counters(&mut self, c: &Counters) {
         self.scalar("count.refreshes", c.refreshes as f64);
         self.scalar("count.clamped", c.clamped as f64);
         self.scalar("count.f64_retries", c.f64_retries as f64);
@@ -98,7 +103,7 @@ impl<T: Real> BlockState<T> {
 
     /// A reader that checks kind and shape, and then every entry it is asked
     /// for; [`StateReader::finish`] refuses entries nobody asked for.
-    pub(crate) fn reader<'a>(&'a self, block: &'a str, kind: &str, shape: LayerShape) -> Result<StateReader<'a, T>> {
+    pub fn reader<'a>(&'a self, block: &'a str, kind: &str, shape: LayerShape) -> Result<StateReader<'a, T>> {
         let r = StateReader { state: self, block, used: std::cell::RefCell::new(Vec::new()) };
         if self.kind != kind {
             return Err(r.invalid(format!("the state is of a `{}` block, this block is `{kind}`", self.kind)));
@@ -114,15 +119,20 @@ impl<T: Real> BlockState<T> {
 
 /// Counters a block keeps for its [`BlockHealth`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Counters {
+pub struct Counters {
+    /// Cache rebuilds.
     pub refreshes: usize,
+    /// Eigenvalues clamped to zero.
     pub clamped: usize,
+    /// `f32` decompositions redone in `f64`.
     pub f64_retries: usize,
+    /// Damped factors inverted through their eigendecomposition.
     pub eigen_fallbacks: usize,
 }
 
-/// Reads a [`BlockState`], checking each entry.
-pub(crate) struct StateReader<'a, T> {
+/// Reads a [`BlockState`], checking each entry (for [`CurvatureBlock::restored`](crate::CurvatureBlock::restored)).
+#[derive(Debug)]
+pub struct StateReader<'a, T> {
     state: &'a BlockState<T>,
     block: &'a str,
     used: std::cell::RefCell<Vec<String>>,
@@ -133,7 +143,8 @@ impl<T: Real> StateReader<'_, T> {
         Error::InvalidState { block: self.block.to_string(), why }
     }
 
-    pub(crate) fn has(&self, name: &str) -> bool {
+    /// Whether the state has a tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
         self.state.tensors.contains_key(name)
     }
 
@@ -149,17 +160,20 @@ impl<T: Real> StateReader<'_, T> {
         Ok(t.clone())
     }
 
-    pub(crate) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<T>> {
+    /// The matrix `name`, which must be `rows x cols` and finite.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<T>> {
         self.tensor(name, &[rows, cols])?
             .into_dimensionality()
             .map_err(|_| self.invalid(format!("`{name}` is not a matrix")))
     }
 
-    pub(crate) fn vector(&self, name: &str, len: usize) -> Result<Array1<T>> {
+    /// The vector `name`, which must have `len` finite entries.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Array1<T>> {
         self.tensor(name, &[len])?.into_dimensionality().map_err(|_| self.invalid(format!("`{name}` is not a vector")))
     }
 
-    pub(crate) fn scalar(&self, name: &str) -> Result<f64> {
+    /// The finite number `name`.
+    pub fn scalar(&self, name: &str) -> Result<f64> {
         let v = *self.state.scalars.get(name).ok_or_else(|| self.invalid(format!("`{name}` is missing")))?;
         if !v.is_finite() {
             return Err(self.invalid(format!("`{name}` = {v} is not finite")));
@@ -169,7 +183,7 @@ impl<T: Real> StateReader<'_, T> {
     }
 
     /// A scalar that must be a value of `T` (it was stored from one).
-    pub(crate) fn real(&self, name: &str) -> Result<T> {
+    pub fn real(&self, name: &str) -> Result<T> {
         let v = self.scalar(name)?;
         let t = T::from_f64_lossy(v);
         if t.to_f64_exact() != v {
@@ -178,7 +192,8 @@ impl<T: Real> StateReader<'_, T> {
         Ok(t)
     }
 
-    pub(crate) fn count(&self, name: &str) -> Result<usize> {
+    /// The number `name`, which must be a count (a whole number from 0 to $9 \cdot 10^{15}$).
+    pub fn count(&self, name: &str) -> Result<usize> {
         let v = self.scalar(name)?;
         if v < 0.0 || v.fract() != 0.0 || v > 9.0e15 {
             return Err(self.invalid(format!("`{name}` = {v} is not a count")));
@@ -186,7 +201,8 @@ impl<T: Real> StateReader<'_, T> {
         Ok(v as usize)
     }
 
-    pub(crate) fn average(&self, prefix: &str, rows: usize, cols: usize) -> Result<MovingAverage<T>> {
+    /// The running average stored by [`BlockState::average`] under `prefix`, `rows x cols`, with a weight at least 0.
+    pub fn average(&self, prefix: &str, rows: usize, cols: usize) -> Result<MovingAverage<T>> {
         let value = self.matrix(prefix, rows, cols)?;
         let weight = self.scalar(&format!("{prefix}.weight"))?;
         if weight < 0.0 {
@@ -203,7 +219,8 @@ impl<T: Real> StateReader<'_, T> {
         Ok(MovingAverage::from_parts(value, weight, pending, count))
     }
 
-    pub(crate) fn damping(&self) -> Result<Option<Damping>> {
+    /// The damping stored by [`BlockState::damping`], checked; `None` if there is none.
+    pub fn damping(&self) -> Result<Option<Damping>> {
         if !self.state.scalars.contains_key("damping.kind") {
             return Ok(None);
         }
@@ -218,7 +235,8 @@ impl<T: Real> StateReader<'_, T> {
         Ok(Some(d))
     }
 
-    pub(crate) fn counters(&self) -> Result<Counters> {
+    /// The counters stored by [`BlockState::counters`].
+    pub fn counters(&self) -> Result<Counters> {
         Ok(Counters {
             refreshes: self.count("count.refreshes")?,
             clamped: self.count("count.clamped")?,
@@ -232,7 +250,7 @@ impl<T: Real> StateReader<'_, T> {
     }
 
     /// Fails if the state holds an entry that was not read.
-    pub(crate) fn finish(self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
         let used = self.used.borrow();
         let unknown =
             self.state.tensors.keys().chain(self.state.scalars.keys()).find(|k| !used.iter().any(|u| u == *k));
@@ -294,7 +312,7 @@ pub struct BlockHealth {
 impl BlockHealth {
     /// A report with the eigenvalue range `range` of the undamped estimate
     /// and damping `lambda`.
-    pub(crate) fn with_spectrum(name: &str, range: Option<(f64, f64)>, lambda: Option<f64>, c: Counters) -> Self {
+    pub fn with_spectrum(name: &str, range: Option<(f64, f64)>, lambda: Option<f64>, c: Counters) -> Self {
         let (min, max) = match range {
             Some((lo, hi)) => (Some(lo), Some(hi)),
             None => (None, None),
@@ -320,7 +338,7 @@ impl BlockHealth {
 }
 
 /// The smallest and largest entry of `values` as `f64` (`None` if empty).
-pub(crate) fn range<'a, T: Real + 'a>(values: impl IntoIterator<Item = &'a T>) -> Option<(f64, f64)> {
+pub fn range<'a, T: Real + 'a>(values: impl IntoIterator<Item = &'a T>) -> Option<(f64, f64)> {
     values.into_iter().fold(None, |acc, &v| {
         let v = v.to_f64_exact();
         Some(match acc {

@@ -310,6 +310,22 @@ impl<T: Real> TridiagonalKfac<T> {
         self.check_count("batches (one per layer)", batches.len())?;
         for (i, (layer, batch)) in self.layers.iter().zip(batches).enumerate() {
             batch.validate(&layer.name, layer.factors.shape())?;
+            if batch.positions > 1 {
+                return Err(Error::InvalidConfig {
+                    what: "LayerBatch::positions",
+                    value: format!("{} positions in {}", batch.positions, layer.name),
+                    why: "the chain model pairs example n of a layer with example n of the next, row for row; a \
+                          layer that shares its weights over positions (a convolution, a sequence) has no such \
+                          pairing with its neighbours: use the block-diagonal structure",
+                });
+            }
+            if batch.normalization != batches[0].normalization {
+                return Err(Error::InvalidConfig {
+                    what: "LayerBatch::normalization",
+                    value: format!("{:?} in {}", batch.normalization, layer.name),
+                    why: "the layers of a chain share one loss, so one normalisation",
+                });
+            }
             if layer.cross.is_some() && batches[i + 1].len() != batch.len() {
                 return Err(Error::ShapeMismatch {
                     block: layer.name.clone(),
@@ -380,7 +396,7 @@ impl<T: Real> TridiagonalKfac<T> {
                 }
             }
             ca.add_count(n);
-            let m = this.grad_multiplier() * next.grad_multiplier();
+            let m = this.grad_multiplier() * next.grad_multiplier() * this.normalization_weight();
             la.gemm(m, this.grads.t(), next.grads, T::one(), cb.pending_mut()).map_err(&err)?;
             cb.add_count(n);
         }

@@ -17,6 +17,8 @@ use crate::state::{BlockHealth, BlockState, Counters};
 ///
 /// $$ F = E\big[\operatorname{vec}(g_n \bar a_n^\top)\operatorname{vec}(g_n \bar a_n^\top)^\top\big]
 ///      = \frac1N J^\top J, \qquad J_{n,:} = (\bar a_n \otimes g_n)^\top, $$
+/// or with weight sharing $F = c\sum_n \operatorname{vec}(U_n)\operatorname{vec}(U_n)^\top$,
+/// $U_n = \sum_r u_{n,r}\bar a_{n,r}^\top$ ([`crate::statistics`]),
 /// a $d_\text{out}\dim A$-sided matrix: for small layers, tests and diagnostics
 /// (at most [`DENSE_LIMIT`](super::DENSE_LIMIT) parameters). It is the
 /// reference the Kronecker-factored blocks approximate. Preconditioning uses
@@ -77,7 +79,8 @@ impl<T: Real> CurvatureBlock<T> for DenseBlock<T> {
     fn accumulate(&mut self, la: &dyn LinAlg<T>, batch: &LayerBatch<'_, T>) -> Result<()> {
         batch.validate(&self.name, self.shape)?;
         let j = batch.per_example_gradients(self.shape);
-        la.gram(T::one(), j.view(), T::one(), self.fisher.pending_mut()).map_err(lin_err(&self.name))?;
+        let weight = batch.normalization_weight();
+        la.gram(weight, j.view(), T::one(), self.fisher.pending_mut()).map_err(lin_err(&self.name))?;
         self.fisher.add_count(batch.len());
         Ok(())
     }

@@ -15,7 +15,8 @@ use crate::state::{BlockHealth, BlockState, Counters, range};
 ///
 /// $$ D = E\big[(g_n \odot g_n)(\bar a_n \odot \bar a_n)^\top\big]
 ///      = \frac1N (G^{\odot 2})^\top \bar A^{\odot 2} \in \mathbb{R}^{d_\text{out}\times\dim A},$$
-/// the exact diagonal of $F$ arranged like $\bar W$ (the "diagonal Fisher" of
+/// (with weight sharing $c\sum_n U_n^{\odot 2}$, the per-example gradients summed
+/// over positions first), the exact diagonal of $F$ arranged like $\bar W$ (the "diagonal Fisher" of
 /// e.g. Adam-like methods, without the square root). Preconditioning divides
 /// elementwise by $D + \lambda$; only [`Damping::Tikhonov`] is supported.
 #[derive(Debug, Clone)]
@@ -64,17 +65,29 @@ impl<T: Real> CurvatureBlock<T> for DiagonalBlock<T> {
 
     fn accumulate(&mut self, la: &dyn LinAlg<T>, batch: &LayerBatch<'_, T>) -> Result<()> {
         batch.validate(&self.name, self.shape)?;
+        let weight = batch.normalization_weight();
+        if batch.positions > 1 {
+            // The per-example gradients U_n, squared: summed over positions first.
+            let mut pending = self.diag.pending_mut();
+            for n in 0..batch.len() {
+                let u = batch.example_gradient(n, self.shape);
+                Zip::from(&mut pending).and(&u).for_each(|p, &x| *p += weight * x * x);
+            }
+            self.diag.add_count(batch.len());
+            return Ok(());
+        }
         let d_in = self.shape.d_in;
         let m = batch.grad_multiplier();
+        let alpha = m * m * weight;
         let g2 = batch.grads.mapv(|x| x * x);
         let a2 = batch.inputs.mapv(|x| x * x);
         let err = lin_err(&self.name);
         let mut pending = self.diag.pending_mut();
-        la.gemm(m * m, g2.t(), a2.view(), T::one(), pending.slice_mut(s![.., ..d_in])).map_err(&err)?;
+        la.gemm(alpha, g2.t(), a2.view(), T::one(), pending.slice_mut(s![.., ..d_in])).map_err(&err)?;
         if self.shape.bias {
             let col = g2.sum_axis(Axis(0));
             let mut bias = pending.column_mut(d_in);
-            Zip::from(&mut bias).and(&col).for_each(|p, &c| *p += m * m * c);
+            Zip::from(&mut bias).and(&col).for_each(|p, &c| *p += alpha * c);
         }
         self.diag.add_count(batch.len());
         Ok(())

@@ -1,6 +1,7 @@
 //! EKFAC: K-FAC's eigenbasis with re-estimated diagonal scalings.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Zip, s};
+use rayon::prelude::*;
 
 use super::{
     CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, dense_in_basis, from_basis, lin_err, not_ready,
@@ -34,7 +35,11 @@ struct Basis<T> {
 /// with $G$ ($N\times d_\text{out}$) and $\bar A$ ($N \times \dim A$) the batch's
 /// gradients and inputs stacked as rows. The right-hand side is two basis
 /// projections and one product: the per-example gradient matrices are never
-/// formed. $\operatorname{diag}(\operatorname{vec} S)$ is the Frobenius-optimal diagonal in
+/// formed. With weight sharing over $R$ positions the per-example gradient
+/// $U_n = \sum_r u_{n,r}\bar a_{n,r}^\top$ is summed over the positions first
+/// and then projected, $S = c\sum_n (U_B^\top U_n U_A)^{\odot 2}$, as
+/// $(G_n U_B)^\top(\bar A_n U_A)$ from the projected rows of example $n$
+/// ([`projected_squares`](super::projected_squares)), in either approximation's eigenbasis. $\operatorname{diag}(\operatorname{vec} S)$ is the Frobenius-optimal diagonal in
 /// the basis $Q$, so $\|F - Q \operatorname{diag}(S) Q^\top\|_F \le \|F - A \otimes B\|_F$
 /// when $S$, $A$, $B$ come from the same examples (George et al., §3.1).
 ///
@@ -123,17 +128,24 @@ impl<T: Real> CurvatureBlock<T> for EkfacBlock<T> {
         batch.validate(&self.name, shape)?;
         let basis = self.basis.as_ref().ok_or_else(|| not_ready(&self.name))?;
         let err = lin_err(&self.name);
-        // (Ā U_A)^2 without forming Ā: X U_A[..d_in, :] plus the bias row of U_A.
-        let mut pa = la.matmul(batch.inputs, basis.ua.slice(s![..shape.d_in, ..])).map_err(&err)?;
+        let (ua, ub) = (basis.ua.view(), basis.ub.view());
+        // (Ā U_A) without forming Ā: X U_A[..d_in, :] plus the bias row of U_A.
+        let mut pa = la.matmul(batch.inputs, ua.slice(s![..shape.d_in, ..])).map_err(&err)?;
         if shape.bias {
-            let bias_row = basis.ua.row(shape.d_in);
+            let bias_row = ua.row(shape.d_in);
             pa += &bias_row.insert_axis(Axis(0));
         }
-        pa.mapv_inplace(|x| x * x);
         let m = batch.grad_multiplier();
-        let mut pg = la.matmul(batch.grads, basis.ub.view()).map_err(&err)?;
-        pg.mapv_inplace(|x| x * x);
-        la.gemm(m * m, pg.t(), pa.view(), T::one(), self.scalings.pending_mut()).map_err(&err)?;
+        let alpha = m * m * batch.normalization_weight();
+        let mut pg = la.matmul(batch.grads, ub).map_err(&err)?;
+        if batch.positions > 1 {
+            let sums = projected_squares(la, pg.view(), pa.view(), batch.positions).map_err(&err)?;
+            self.scalings.pending_mut().scaled_add(alpha, &sums);
+        } else {
+            pa.mapv_inplace(|x| x * x);
+            pg.mapv_inplace(|x| x * x);
+            la.gemm(alpha, pg.t(), pa.view(), T::one(), self.scalings.pending_mut()).map_err(&err)?;
+        }
         self.scalings.add_count(batch.len());
         Ok(())
     }
@@ -275,4 +287,48 @@ impl<T: Real> CurvatureBlock<T> for EkfacBlock<T> {
         let spectrum = self.basis.as_ref().and_then(|_| range(self.scalings.value().iter()));
         BlockHealth::with_spectrum(&self.name, spectrum, self.lambda, self.counters)
     }
+}
+
+/// Examples per task of [`projected_squares`]: fixed, so that the sum does
+/// not depend on the thread count.
+const EXAMPLES_PER_TASK: usize = 8;
+
+/// $\sum_n (P_{G,n}^\top P_{A,n})^{\odot 2}$ over the examples of `positions`
+/// consecutive rows each, with $P_G$ the projected gradients
+/// ($NR \times d_\text{out}$) and $P_A$ the projected inputs ($NR \times \dim A$):
+/// EKFAC's per-example second moments in the basis with weight sharing.
+/// Examples are summed in fixed groups in parallel, and the groups in
+/// order, so the result does not depend on the thread count.
+///
+/// # Errors
+///
+/// A backend error of the products.
+pub fn projected_squares<T: Real>(
+    la: &dyn LinAlg<T>,
+    pg: ArrayView2<'_, T>,
+    pa: ArrayView2<'_, T>,
+    positions: usize,
+) -> std::result::Result<Array2<T>, crate::LinAlgError> {
+    let seq = la.sequential().unwrap_or(la);
+    let rows = positions * EXAMPLES_PER_TASK;
+    let partial = |(g, a): (ArrayView2<'_, T>, ArrayView2<'_, T>)| {
+        let mut sum = Array2::<T>::zeros((pg.ncols(), pa.ncols()));
+        let mut p = Array2::<T>::zeros((pg.ncols(), pa.ncols()));
+        for (gn, an) in g.axis_chunks_iter(Axis(0), positions).zip(a.axis_chunks_iter(Axis(0), positions)) {
+            seq.gemm(T::one(), gn.t(), an, T::zero(), p.view_mut())?;
+            Zip::from(&mut sum).and(&p).for_each(|s, &x| *s += x * x);
+        }
+        Ok(sum)
+    };
+    let parts: Vec<Array2<T>> = pg
+        .axis_chunks_iter(Axis(0), rows)
+        .into_par_iter()
+        .zip(pa.axis_chunks_iter(Axis(0), rows).into_par_iter())
+        .map(partial)
+        .collect::<std::result::Result<_, _>>()?;
+    let mut total = Array2::zeros((pg.ncols(), pa.ncols()));
+    for p in &parts {
+        total += p;
+    }
+    Ok(total)
 }

@@ -23,6 +23,26 @@
 //!
 //! [`Preconditioner`](crate::Preconditioner) runs this sequence for a stack
 //! of layers. All gradients are in the $\bar W$ layout of [`crate::shape`].
+//!
+//! # Writing a block of your own
+//! What a block estimates from (the layer kind: dense, expand, reduce,
+//! convolution) is apart from what it does with it: the kinds are in
+//! [`crate::statistics`], one file each, and the blocks here never look at
+//! the kind. A block is one file: a type that implements
+//! [`CurvatureBlock`], handed to
+//! [`Preconditioner::from_blocks`](crate::Preconditioner::from_blocks)
+//! beside the built-in ones (a different block per layer is fine). Every
+//! kind arrives as a [`LayerBatch`]:
+//! [`KroneckerFactors`](crate::KroneckerFactors) keeps $A$ and $B$ of any of
+//! them ([`LayerBatch::factor_rows`]), [`LayerBatch::example_gradient`] and
+//! [`LayerBatch::per_example_gradients`] give the per-example gradients. The
+//! helpers below are what the built-in blocks use: the safeguarded
+//! decompositions ([`safe_eigh`], [`safe_spd_inverse`]), factored damping
+//! ([`factored_damped`]), the Kronecker eigenbasis ([`to_basis`],
+//! [`from_basis`]), dense checks for tests ([`kron_dense`],
+//! [`dense_in_basis`]), and the state's builders and reader
+//! ([`BlockState`], [`StateReader`](crate::state::StateReader),
+//! [`Counters`]). `CONTRIBUTING.md` has the recipe.
 
 mod dense;
 mod diagonal;
@@ -31,7 +51,7 @@ mod kfac;
 
 pub use dense::DenseBlock;
 pub use diagonal::DiagonalBlock;
-pub use ekfac::EkfacBlock;
+pub use ekfac::{EkfacBlock, projected_squares};
 pub use kfac::{KfacBlock, KfacMethod};
 
 use std::fmt::Debug;
@@ -175,25 +195,29 @@ pub trait CurvatureBlock<T: Real>: Send + Sync + Debug {
     fn health(&self) -> BlockHealth;
 }
 
-pub(crate) fn bytes<T>(a: &Array2<T>) -> usize {
+/// Bytes held by a matrix.
+pub fn bytes<T>(a: &Array2<T>) -> usize {
     a.len() * std::mem::size_of::<T>()
 }
 
-pub(crate) fn bytes1<T>(a: &Array1<T>) -> usize {
+/// Bytes held by a vector.
+pub fn bytes1<T>(a: &Array1<T>) -> usize {
     a.len() * std::mem::size_of::<T>()
 }
 
-pub(crate) fn lin_err(block: &str) -> impl Fn(crate::LinAlgError) -> Error + '_ {
+/// Wraps a backend error as [`Error::LinAlg`] of `block`.
+pub fn lin_err(block: &str) -> impl Fn(crate::LinAlgError) -> Error + '_ {
     move |source| Error::LinAlg { block: block.to_string(), source }
 }
 
-pub(crate) fn dec_err<'a>(block: &'a str, what: &'static str) -> impl Fn(crate::LinAlgError) -> Error + 'a {
+/// Wraps a backend error as [`Error::Decomposition`] of the matrix `what` of `block`.
+pub fn dec_err<'a>(block: &'a str, what: &'static str) -> impl Fn(crate::LinAlgError) -> Error + 'a {
     move |source| Error::Decomposition { block: block.to_string(), what, source }
 }
 
 /// The $\lambda$ of a Tikhonov damping; any other damping is an
 /// [`Error::UnsupportedDamping`] of `block`, for the reason `why`.
-pub(crate) fn tikhonov_only(block: &str, damping: Damping, why: &'static str) -> Result<f64> {
+pub fn tikhonov_only(block: &str, damping: Damping, why: &'static str) -> Result<f64> {
     damping.validate()?;
     match damping {
         Damping::Tikhonov { lambda } => Ok(lambda),
@@ -203,22 +227,28 @@ pub(crate) fn tikhonov_only(block: &str, damping: Damping, why: &'static str) ->
     }
 }
 
-pub(crate) fn not_ready(block: &str) -> Error {
+/// The error of a block asked to precondition before its cache is built.
+pub fn not_ready(block: &str) -> Error {
     Error::NotReady { block: block.to_string(), what: "the cache is not built" }
 }
 
 /// Checks a gradient-shaped operand.
-pub(crate) fn check_operand<T: Real>(block: &str, shape: LayerShape, v: &ArrayView2<'_, T>) -> Result<()> {
+pub fn check_operand<T: Real>(block: &str, shape: LayerShape, v: &ArrayView2<'_, T>) -> Result<()> {
     check_shape(block, "gradient", v.dim(), shape.param_dims())?;
     check_finite(block, "gradient", v.view())
 }
 
-pub(crate) fn check_dense_size(block: &str, dim: usize) -> Result<()> {
+/// Refuses a dense matrix of side `dim` beyond [`DENSE_LIMIT`].
+///
+/// # Errors
+///
+/// [`Error::TooLarge`].
+pub fn check_dense_size(block: &str, dim: usize) -> Result<()> {
     if dim > DENSE_LIMIT { Err(Error::TooLarge { block: block.to_string(), dim, limit: DENSE_LIMIT }) } else { Ok(()) }
 }
 
 /// The mean of the diagonal, $\operatorname{tr}(M)/\dim M$.
-pub(crate) fn mean_diag<T: Real>(m: ArrayView2<'_, T>) -> T {
+pub fn mean_diag<T: Real>(m: ArrayView2<'_, T>) -> T {
     let n = m.nrows().max(1);
     m.diag().sum() / T::from_usize(n).unwrap_or(T::one())
 }
@@ -226,7 +256,7 @@ pub(crate) fn mean_diag<T: Real>(m: ArrayView2<'_, T>) -> T {
 /// The factors with factored damping added to their diagonals,
 /// $(A + \pi\sqrt\lambda\, I,\; B + \sqrt\lambda/\pi\, I)$; `None` for a damping that is
 /// not factored.
-pub(crate) fn factored_damped<T: Real>(
+pub fn factored_damped<T: Real>(
     a: ArrayView2<'_, T>,
     b: ArrayView2<'_, T>,
     damping: Damping,
@@ -240,7 +270,7 @@ pub(crate) fn factored_damped<T: Real>(
 }
 
 /// $U_B^\top V U_A$: `v` expressed in the Kronecker eigenbasis.
-pub(crate) fn to_basis<T: Real>(
+pub fn to_basis<T: Real>(
     la: &dyn LinAlg<T>,
     ub: ArrayView2<'_, T>,
     ua: ArrayView2<'_, T>,
@@ -250,7 +280,7 @@ pub(crate) fn to_basis<T: Real>(
 }
 
 /// $U_B T U_A^\top$: back from the Kronecker eigenbasis.
-pub(crate) fn from_basis<T: Real>(
+pub fn from_basis<T: Real>(
     la: &dyn LinAlg<T>,
     ub: ArrayView2<'_, T>,
     ua: ArrayView2<'_, T>,
@@ -260,7 +290,7 @@ pub(crate) fn from_basis<T: Real>(
 }
 
 /// Dense $C \otimes D$ (diagnostics and tests only).
-pub(crate) fn kron_dense<T: Real>(c: ArrayView2<'_, T>, d: ArrayView2<'_, T>) -> Array2<T> {
+pub fn kron_dense<T: Real>(c: ArrayView2<'_, T>, d: ArrayView2<'_, T>) -> Array2<T> {
     let (p, q) = (c.nrows(), d.nrows());
     let mut out = Array2::zeros((p * q, p * q));
     for i in 0..p {
@@ -276,7 +306,7 @@ pub(crate) fn kron_dense<T: Real>(c: ArrayView2<'_, T>, d: ArrayView2<'_, T>) ->
 }
 
 /// $\operatorname{diag}(\operatorname{vec} S)$ conjugated by $U_A \otimes U_B$ (diagnostics).
-pub(crate) fn dense_in_basis<T: Real>(
+pub fn dense_in_basis<T: Real>(
     la: &dyn LinAlg<T>,
     ua: ArrayView2<'_, T>,
     ub: ArrayView2<'_, T>,
@@ -293,7 +323,7 @@ pub(crate) fn dense_in_basis<T: Real>(
 
 /// Clamps eigenvalues below zero (round-off on a PSD factor) to zero and
 /// returns how many there were.
-pub(crate) fn clamp_nonneg<T: Real>(s: &mut Array1<T>) -> usize {
+pub fn clamp_nonneg<T: Real>(s: &mut Array1<T>) -> usize {
     let negative = s.iter().filter(|&&x| x < T::zero()).count();
     s.mapv_inplace(|x| if x > T::zero() { x } else { T::zero() });
     negative
@@ -320,7 +350,7 @@ fn symmetrised<T: Real>(m: ArrayView2<'_, T>) -> Option<Array2<T>> {
 /// returns non-finite values is redone in `f64` when the backend has an
 /// `f64` twin (counted in `counters`); eigenvalues below zero are clamped
 /// (counted).
-pub(crate) fn safe_eigh<T: Real>(
+pub fn safe_eigh<T: Real>(
     la: &dyn LinAlg<T>,
     m: ArrayView2<'_, T>,
     block: &str,
@@ -356,7 +386,7 @@ pub(crate) fn safe_eigh<T: Real>(
 /// The inverse of the SPD matrix `m` (a damped factor or block), with the
 /// safeguards of [`safe_eigh`]: finiteness checked first, an `f32` failure
 /// redone in `f64`.
-pub(crate) fn safe_spd_inverse<T: Real>(
+pub fn safe_spd_inverse<T: Real>(
     la: &dyn LinAlg<T>,
     m: ArrayView2<'_, T>,
     block: &str,
@@ -401,7 +431,7 @@ pub(crate) fn safe_spd_inverse<T: Real>(
 /// inverts is returned beside the inverse (so that `multiply` stays its
 /// inverse). With $\delta \le 0$ there is no floor, and the Cholesky error
 /// is returned.
-pub(crate) fn damped_inverse<T: Real>(
+pub fn damped_inverse<T: Real>(
     la: &dyn LinAlg<T>,
     factor: ArrayView2<'_, T>,
     damped: ArrayView2<'_, T>,
@@ -441,7 +471,8 @@ pub(crate) fn damped_inverse<T: Real>(
     Ok((inverse, Some(repaired)))
 }
 
-pub(crate) fn outer_plus<T: Real>(sb: ArrayView1<'_, T>, sa: ArrayView1<'_, T>, db: T, da: T) -> Array2<T> {
+/// $(s_B + \delta_B)(s_A + \delta_A)^\top$: the eigenvalues of a factored-damped Kronecker product.
+pub fn outer_plus<T: Real>(sb: ArrayView1<'_, T>, sa: ArrayView1<'_, T>, db: T, da: T) -> Array2<T> {
     Array2::from_shape_fn((sb.len(), sa.len()), |(i, j)| (sb[i] + db) * (sa[j] + da))
 }
 

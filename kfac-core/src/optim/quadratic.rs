@@ -131,7 +131,9 @@ pub fn levenberg_marquardt(lambda: f64, rho: f64, omega: f64, min: f64, max: f64
 /// With gradients at targets sampled from the model this is an unbiased
 /// estimate of the trace of the true Fisher; at the data's targets, the
 /// empirical Fisher's. The gradients are scaled to per-example ones as
-/// each batch's [`GradScale`](crate::GradScale) says. Sums are taken in
+/// each batch's [`GradScale`](crate::GradScale) says, and weighted by its
+/// normalisation; with weight sharing the per-example gradient is
+/// $U_n = \sum_r u_{n,r}\bar a_{n,r}^\top$ and its squared norm is taken whole. Sums are taken in
 /// `f64`, in a fixed order.
 ///
 /// # Errors
@@ -147,7 +149,12 @@ pub fn fisher_trace_per_parameter<T: Real>(shapes: &[LayerShape], batches: &[Lay
     let sq = |r: ArrayView1<'_, T>| r.iter().map(|&x| x.to_f64_exact().powi(2)).sum::<f64>();
     let (mut total, mut params) = (0.0f64, 0usize);
     for (shape, b) in shapes.iter().zip(batches) {
-        if b.len() != n || b.grads.nrows() != n || n == 0 {
+        if b.len() != n
+            || b.grads.nrows() != b.rows()
+            || n == 0
+            || b.positions == 0
+            || !b.rows().is_multiple_of(b.positions)
+        {
             return Err(mismatch("examples (inputs, gradients)", (n, n), (b.len(), b.grads.nrows())));
         }
         if (b.inputs.ncols(), b.grads.ncols()) != (shape.d_in, shape.d_out) {
@@ -157,10 +164,20 @@ pub fn fisher_trace_per_parameter<T: Real>(shapes: &[LayerShape], batches: &[Lay
                 (b.inputs.ncols(), b.grads.ncols()),
             ));
         }
-        let m2 = b.grad_multiplier().to_f64_exact().powi(2);
-        let one = if shape.bias { 1.0 } else { 0.0 };
-        let layer = b.inputs.outer_iter().zip(b.grads.outer_iter()).map(|(a, g)| (sq(a) + one) * sq(g)).sum::<f64>();
-        total += if m2 == 1.0 { layer } else { layer * m2 };
+        let k = b.normalization_weight().to_f64_exact();
+        if b.positions > 1 {
+            // ‖U_n‖² of the per-example gradient summed over positions.
+            let layer = (0..n)
+                .map(|i| b.example_gradient(i, *shape).iter().map(|&x| x.to_f64_exact().powi(2)).sum::<f64>())
+                .sum::<f64>();
+            total += layer * k;
+        } else {
+            let w = b.grad_multiplier().to_f64_exact().powi(2) * k;
+            let one = if shape.bias { 1.0 } else { 0.0 };
+            let layer =
+                b.inputs.outer_iter().zip(b.grads.outer_iter()).map(|(a, g)| (sq(a) + one) * sq(g)).sum::<f64>();
+            total += if w == 1.0 { layer } else { layer * w };
+        }
         params += shape.num_params();
     }
     Ok(total / (n as f64 * params as f64))
