@@ -86,8 +86,20 @@ fn bench(quick: bool) -> Result<(), String> {
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let out_s = out.to_string_lossy().into_owned();
     let crit_s = criterion.to_string_lossy().into_owned();
-    let mut criterion_args =
-        vec!["bench", "-p", "kfac-bench", "--bench", "linalg", "--bench", "mlp", "--bench", "optim", "--"];
+    let mut criterion_args = vec![
+        "bench",
+        "-p",
+        "kfac-bench",
+        "--bench",
+        "linalg",
+        "--bench",
+        "mlp",
+        "--bench",
+        "optim",
+        "--bench",
+        "conv",
+        "--",
+    ];
     if quick {
         criterion_args.extend(["--warm-up-time", "0.5", "--measurement-time", "1"]);
     }
