@@ -236,6 +236,42 @@ fn check_blocks<T: Real>(la: &dyn LinAlg<T>, p: &Shared) -> Check {
     Ok(())
 }
 
+/// K-FAC's two paths and both dampings precondition shared batches with the
+/// damped inverse of the loop-built factors: Tikhonov on the whole block,
+/// $(A \otimes B + \lambda I)^{-1}$ (eigen path), and factored damping,
+/// $(A + \pi\sqrt\lambda I)^{-1} \otimes (B + \sqrt\lambda/\pi\, I)^{-1}$
+/// (eigen and Cholesky paths).
+fn check_damped<T: Real>(la: &dyn LinAlg<T>, p: &Shared) -> Check {
+    let (x, g) = (cast::<T>(&p.inputs), cast::<T>(&p.grads));
+    let (d_out, a_dim) = p.shape.param_dims();
+    let v = Lcg::new(7).matrix(d_out, a_dim);
+    let lambda = 0.3;
+    let c = 1.0 / p.n as f64;
+    for sharing in [Sharing::Expand, Sharing::Reduce] {
+        let (a, b) = if sharing == Sharing::Expand { p.expand(c) } else { p.reduce(c) };
+        let batch = LayerBatch::shared(x.view(), g.view(), p.r).with_sharing(sharing);
+        let tikhonov = add_identity(&kron(&a, &b), lambda);
+        let (ta, tb) = (a.diag().sum() / a_dim as f64, b.diag().sum() / d_out as f64);
+        let pi = if ta > 0.0 && tb > 0.0 { (ta / tb).sqrt() } else { 1.0 };
+        let factored = kron(&add_identity(&a, pi * lambda.sqrt()), &add_identity(&b, lambda.sqrt() / pi));
+        let cases = [
+            (KfacMethod::Eigen, kfac_core::Damping::tikhonov(lambda), &tikhonov),
+            (KfacMethod::Eigen, kfac_core::Damping::factored(lambda), &factored),
+            (KfacMethod::Inverse, kfac_core::Damping::factored(lambda), &factored),
+        ];
+        for (method, damping, m) in cases {
+            let mut k = ok(BlockKind::Kfac(method).build::<T>("k", p.shape))?;
+            ok(k.update_statistics(la, &batch, 0.9))?;
+            ok(k.refresh(la, damping))?;
+            let got = to64(ok(k.precondition(la, cast::<T>(&v).view()))?.view());
+            let want = unvec(&solve(m, &vec(&v)), d_out, a_dim);
+            let t = tol::<T>(p.n * p.r + p.shape.num_params(), 1.0 + fro(m) / lambda.min(1.0));
+            close(&format!("{sharing:?} {method:?} {damping:?}"), &got, &want, t)?;
+        }
+    }
+    Ok(())
+}
+
 /// One position: every block's state is bit for bit that of the dense batch.
 fn check_one_position<T: Real>(la: &dyn LinAlg<T>, p: &Shared) -> Check {
     let (x, g) = (cast::<T>(&p.inputs), cast::<T>(&p.grads));
@@ -267,6 +303,7 @@ macro_rules! suite {
                 #![proptest_config(ProptestConfig::with_cases(64))]
                 #[test] fn expand_and_reduce_factors(p in shared()) { check_factors::<T>(&$backend, &p)?; }
                 #[test] fn blocks_against_the_exact_fisher(p in shared()) { check_blocks::<T>(&$backend, &p)?; }
+                #[test] fn damped_inverses_of_shared_factors(p in shared()) { check_damped::<T>(&$backend, &p)?; }
                 #[test] fn one_position_is_the_dense_layer(p in shared()) { check_one_position::<T>(&$backend, &p)?; }
             }
         }
