@@ -90,7 +90,10 @@ impl Task {
     fn cnn(train: Dataset, test: Dataset) -> Result<Self> {
         let pool = Some(Pool2d::max(2));
         let convs = if train.rows.max(train.cols) <= 16 {
-            vec![ConvSpec { padding: 1, ..ConvSpec::new(8, 3, pool) }, ConvSpec { padding: 1, ..ConvSpec::new(16, 3, pool) }]
+            vec![
+                ConvSpec { padding: 1, ..ConvSpec::new(8, 3, pool) },
+                ConvSpec { padding: 1, ..ConvSpec::new(16, 3, pool) },
+            ]
         } else {
             vec![ConvSpec::new(16, 5, pool), ConvSpec::new(32, 5, pool)]
         };
@@ -252,8 +255,8 @@ pub fn train_with<T: Scalar>(
     let la = &*la;
     let mut mlp = task.network::<T>(config.seed)?;
     mlp.parallelism = config.parallelism;
-    let mut opt =
-        Optimizer::with_products(config.optimizer.clone(), &mlp, config.curvature_products)?.with_sharing(config.sharing);
+    let mut opt = Optimizer::with_products(config.optimizer.clone(), &mlp, config.curvature_products)?
+        .with_sharing(config.sharing);
     let mut batches = Batches::new(task.train.len(), config.batch_size, config.seed ^ 0xBA7C);
     let mut rng = Rng::stream(config.seed, 0x005A_3F1E);
     // Not one record per step ahead: `steps` may be huge.

@@ -102,8 +102,11 @@ impl Conv2d {
     pub fn rows_to_batch<T: Scalar>(&self, rows: ArrayView2<'_, T>, n: usize) -> Result<Array2<T>> {
         let y = conv::rows_to_nchw(rows, n, self.geometry.output())?;
         let width = self.conv_width();
-        y.into_shape_with_order((n, width))
-            .map_err(|_| Error::Shape { what: "convolution output", expected: (n, width), found: (n, 0) })
+        y.into_shape_with_order((n, width)).map_err(|_| Error::Shape {
+            what: "convolution output",
+            expected: (n, width),
+            found: (n, 0),
+        })
     }
 
     /// A batch of NCHW rows ($N \times C_\text{out}|T|$) to location rows
@@ -126,8 +129,11 @@ impl Conv2d {
     pub fn input_gradient<T: Scalar>(&self, patch_grads: ArrayView2<'_, T>, n: usize) -> Result<Array2<T>> {
         let x = conv::col2im(&self.geometry, patch_grads, n)?;
         let width = self.input_width();
-        x.into_shape_with_order((n, width))
-            .map_err(|_| Error::Shape { what: "convolution input gradient", expected: (n, width), found: (n, 0) })
+        x.into_shape_with_order((n, width)).map_err(|_| Error::Shape {
+            what: "convolution input gradient",
+            expected: (n, width),
+            found: (n, 0),
+        })
     }
 
     /// A batch of rows viewed as $N \times C \times H \times W$.
@@ -137,9 +143,10 @@ impl Conv2d {
             return Err(Error::Shape { what: "convolution batch", expected: (n, width), found: x.dim() });
         }
         let std = x.is_standard_layout();
-        x.into_shape_with_order((n, c, h, w))
-            .ok()
-            .filter(|_| std)
-            .ok_or(Error::Shape { what: "convolution batch (standard layout)", expected: (n, width), found: (n, width) })
+        x.into_shape_with_order((n, c, h, w)).ok().filter(|_| std).ok_or(Error::Shape {
+            what: "convolution batch (standard layout)",
+            expected: (n, width),
+            found: (n, width),
+        })
     }
 }
