@@ -273,11 +273,7 @@ type PerLocation = Vec<Vec<Vec<f64>>>;
 /// $u_{n,t} = \partial \ell_n / \partial s_{n,t}$ of a network conv (tanh, no
 /// pooling) → dense (identity) → softmax, by loops over examples, output
 /// locations, channels and kernel offsets.
-fn explicit_patches_and_grads(
-    mlp: &Mlp<f64>,
-    x: &Array2<f64>,
-    t: &Array2<f64>,
-) -> (PerLocation, PerLocation) {
+fn explicit_patches_and_grads(mlp: &Mlp<f64>, x: &Array2<f64>, t: &Array2<f64>) -> (PerLocation, PerLocation) {
     let LayerKind::Conv2d(conv) = mlp.layers[0].kind else { unreachable!() };
     let g = conv.geometry;
     let (w1, w2) = (&mlp.layers[0].w, &mlp.layers[1].w);
