@@ -371,6 +371,7 @@ pub fn write(dir: &Path, race: &Race) -> Result<()> {
     let task = match race.config.task {
         TaskKind::Autoencoder => "MNIST autoencoder",
         TaskKind::Classifier => "digits classifier",
+        TaskKind::Cnn => "MNIST CNN",
     };
     let title = format!("{task}, batch {}: batch loss", race.config.batch_size);
     report::plot(&dir.join("race_steps.png"), &title, "step", &series(&|s| s.step as f64))?;

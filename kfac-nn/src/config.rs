@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::backend::Backend;
 use crate::mlp::Parallelism;
-use crate::optim::{CurvatureProducts, OptimizerConfig};
+use crate::optim::{CurvatureProducts, OptimizerConfig, Sharing};
 
 /// The problems `kfac train` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -18,6 +18,12 @@ pub enum TaskKind {
     Autoencoder,
     /// A softmax classifier (MNIST: 784-512-256-10; 8×8 digits: 64-128-128-10; tanh).
     Classifier,
+    /// A small convolutional softmax classifier, relu units
+    /// ([`crate::train::Task::load`]). MNIST (28×28): conv 5×5 ×16, max
+    /// pool 2, conv 5×5 ×32, max pool 2, dense 10 (512 inputs); 8×8
+    /// digits: conv 3×3 ×8 (padding 1), max pool 2, conv 3×3 ×16
+    /// (padding 1), max pool 2, dense 10 (64 inputs).
+    Cnn,
 }
 
 /// Where the examples come from.
@@ -61,17 +67,24 @@ pub struct TrainConfig {
     /// fallback. Not used by the other rules.
     #[serde(default)]
     pub curvature_products: CurvatureProducts,
+    /// K-FAC and EKFAC: how a convolution's Kronecker factors treat its
+    /// output locations: K-FAC-expand (KFC, the default) or K-FAC-reduce.
+    /// Not used by the dense layers or the other optimizers.
+    #[serde(default)]
+    pub sharing: Sharing,
 }
 
 impl TrainConfig {
     /// The defaults for `task`: 200 steps of batch 1000 on the embedded
     /// MNIST subset for the autoencoder, 300 steps of batch 256 on the 8×8
-    /// digits for the classifier; seed 0, the default backend, a test
+    /// digits for the classifier, 200 steps of batch 256 on the embedded
+    /// MNIST subset for the CNN; seed 0, the default backend, a test
     /// evaluation every 20 steps, `f32`.
     pub fn new(task: TaskKind, optimizer: OptimizerConfig) -> Self {
         let (data, steps, batch_size) = match task {
             TaskKind::Autoencoder => (DataSource::Mnist5k, 200, 1000),
             TaskKind::Classifier => (DataSource::Digits, 300, 256),
+            TaskKind::Cnn => (DataSource::Mnist5k, 200, 256),
         };
         Self {
             task,
@@ -85,6 +98,7 @@ impl TrainConfig {
             eval_every: 20,
             precision: "f32".into(),
             curvature_products: CurvatureProducts::default(),
+            sharing: Sharing::default(),
         }
     }
 }

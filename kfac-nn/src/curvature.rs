@@ -24,6 +24,7 @@ use ndarray::{Array2, ArrayView2, Axis, Zip, s};
 
 use crate::backend::Scalar;
 use crate::error::{Error, Result};
+use crate::layers::{Conv2d, LayerKind};
 use crate::loss::Loss;
 use crate::mlp::{Forward, Mlp, NoHook};
 
@@ -31,6 +32,16 @@ use crate::mlp::{Forward, Mlp, NoHook};
 /// along the parameter direction `v` (one $d_\text{out} \times (d_\text{in}+1)$
 /// matrix per layer, the $\bar W$ layout), by forward-mode differentiation
 /// through the pass `fwd` of `mlp`.
+///
+/// Per layer, with $R(\cdot)$ the derivative along $v$ and $R(a_0) = 0$:
+/// - dense: $R(s_l) = a_l V_l^\top + \mathbf 1 v_{b}^\top + R(a_l) W_l^\top$;
+/// - convolution: the same on the patches,
+///   $R(S_l) = P_l V_l^\top + \mathbf 1 v_b^\top + \operatorname{im2col}(R(a_l)) W_l^\top$
+///   (linear in the input and in the weights);
+///
+/// then $R(\phi(s_l)) = \phi'(s_l) \odot R(s_l)$, and through a pooling:
+/// max pooling takes $R$ at the forward pass's argmax, average pooling
+/// averages it ([`crate::layers::pool`]).
 pub fn output_directional_derivative<T: Scalar>(
     la: &dyn LinAlg<T>,
     mlp: &Mlp<T>,
@@ -49,16 +60,33 @@ pub fn output_directional_derivative<T: Scalar>(
             return Err(Error::Shape { what: "direction", expected: layer.w.dim(), found: vl.dim() });
         }
         let d_in = layer.d_in();
+        let conv = match &layer.kind {
+            LayerKind::Dense => None,
+            LayerKind::Conv2d(c) => Some(c),
+        };
+        // The layer's inputs (a_l, or its patches) and R of them.
+        let input = fwd.statistics_input(l);
+        let r_patches = match (conv, &r_a) {
+            (Some(c), Some(ra)) => Some(c.patches(ra.view())?),
+            _ => None,
+        };
+        let r_input = if conv.is_some() { r_patches.as_ref() } else { r_a.as_ref() };
         // R(s_l) = a_l V_lᵀ + 1 v_bᵀ + R(a_l) W_lᵀ
-        let mut r_s = Array2::<T>::zeros((n, layer.d_out()));
+        let mut r_s = Array2::<T>::zeros((input.nrows(), layer.d_out()));
         r_s.assign(&vl.column(d_in).insert_axis(Axis(0)));
-        la.gemm(T::one(), fwd.input(l), vl.slice(s![.., ..d_in]).t(), T::one(), r_s.view_mut()).map_err(lin)?;
-        if let Some(ra) = &r_a {
+        la.gemm(T::one(), input, vl.slice(s![.., ..d_in]).t(), T::one(), r_s.view_mut()).map_err(lin)?;
+        if let Some(ra) = r_input {
             la.gemm(T::one(), ra.view(), layer.weight().t(), T::one(), r_s.view_mut()).map_err(lin)?;
         }
-        // R(a_{l+1}) = φ'(s_l) ⊙ R(s_l), φ' read from the output a_{l+1}.
-        let out = fwd.input(l + 1);
+        if let Some(c) = conv {
+            r_s = c.rows_to_batch(r_s.view(), n)?;
+        }
+        // R(a_{l+1}) = φ'(s_l) ⊙ R(s_l), φ' read from the activation φ(s_l).
+        let out = fwd.activated(l);
         Zip::from(&mut r_s).and(&out).for_each(|r, &y| *r *= layer.activation.derivative_from_output(y));
+        if let (Some(Conv2d { pool: Some(pool), geometry }), Some(Some(cache))) = (conv, fwd.conv.get(l)) {
+            r_s = pool.tangent(r_s.view(), &cache.argmax, geometry.out_channels, geometry.output())?;
+        }
         r_a = Some(r_s);
     }
     r_a.ok_or(Error::Shape { what: "network (layers)", expected: (1, 1), found: (0, 0) })

@@ -4,14 +4,16 @@
 //! - [`mlp`]: dense layers ($\bar W = [W \mid b]$), tanh/relu/sigmoid/identity,
 //!   batched forward and backward passes parallel over the rayon pool, and
 //!   the [`Hook`](mlp::Hook) trait through which a layer hands out its inputs
-//!   $\bar a$ and pre-activation gradients $g$.
+//!   $\bar a$ and pre-activation gradients $g$; with [`layers`], also
+//!   convolutions (im2col, KFC's patches and location gradients) and
+//!   pooling, stacked by [`Mlp::cnn`](mlp::Mlp::cnn).
 //! - [`loss`]: softmax, sigmoid and squared-error losses as predictive
 //!   distributions that can sample targets, for the true Fisher (kfac-core's).
 //! - [`optim`]: SGD (momentum, Nesterov), Adam, and K-FAC and EKFAC through
 //!   kfac-core's optimizer, fixed or adaptive.
 //! - [`data`]: the IDX reader, the embedded MNIST subset and 8×8 digits.
 //! - [`config`]: what defines a run; [`train`]: tasks (the deep MNIST
-//!   autoencoder, a classifier) and the training loop; [`records`]: its
+//!   autoencoder, a classifier, a CNN) and the training loop; [`records`]: its
 //!   [`Metrics`](records::Metrics); [`report`] writes them and
 //!   [`checkpoint`] saves and resumes runs, through [`fs`]'s atomic writes.
 //!
@@ -45,6 +47,7 @@ pub mod curvature;
 pub mod data;
 pub mod error;
 pub mod fs;
+pub mod layers;
 pub mod mlp;
 pub mod optim;
 pub mod records;

@@ -14,6 +14,7 @@ use crate::backend::Scalar;
 use crate::checkpoint::{self, RunState};
 use crate::data::{self, Batches, Dataset};
 use crate::error::{Error, Result};
+use crate::layers::{ConvSpec, Pool2d};
 use crate::loss::Loss;
 use crate::mlp::{Activation, Init, Mlp, NoHook, Parallelism};
 use crate::optim::Optimizer;
@@ -37,6 +38,12 @@ pub struct Task {
     pub loss: Loss,
     /// Whether the targets are the inputs.
     pub autoencoder: bool,
+    /// The convolutions before the dense layers (empty: an MLP). The
+    /// images enter as $(1, H, W)$ and `sizes` are then the dense widths
+    /// after them, input first (the convolutions' flattened output).
+    pub convs: Vec<ConvSpec>,
+    /// The activation of the hidden layers (tanh for the MLPs, relu for the CNN).
+    pub hidden: Activation,
 }
 
 impl Task {
@@ -48,19 +55,59 @@ impl Task {
             DataSource::MnistDir(dir) => data::mnist_dir(dir)?,
         };
         let d = train.dim();
+        let mlp = |sizes, overrides, loss, autoencoder, train, test| Self {
+            sizes,
+            overrides,
+            loss,
+            autoencoder,
+            train,
+            test,
+            convs: vec![],
+            hidden: Activation::Tanh,
+        };
         Ok(match kind {
-            TaskKind::Autoencoder => Self {
-                sizes: vec![d, 1000, 500, 250, 30, 250, 500, 1000, d],
-                overrides: vec![(3, Activation::Identity)],
-                loss: Loss::SigmoidCrossEntropy,
-                autoencoder: true,
+            TaskKind::Autoencoder => mlp(
+                vec![d, 1000, 500, 250, 30, 250, 500, 1000, d],
+                vec![(3, Activation::Identity)],
+                Loss::SigmoidCrossEntropy,
+                true,
                 train,
                 test,
-            },
+            ),
             TaskKind::Classifier => {
                 let sizes = if d <= 64 { vec![d, 128, 128, train.classes] } else { vec![d, 512, 256, train.classes] };
-                Self { sizes, overrides: vec![], loss: Loss::SoftmaxCrossEntropy, autoencoder: false, train, test }
+                mlp(sizes, vec![], Loss::SoftmaxCrossEntropy, false, train, test)
             }
+            TaskKind::Cnn => Self::cnn(train, test)?,
+        })
+    }
+
+    /// The CNN task: two convolutions with relu and 2×2 max pooling, then
+    /// a dense softmax layer. 28×28 images: conv 5×5 ×16 (24×24), pool
+    /// (12×12), conv 5×5 ×32 (8×8), pool (4×4), dense 512 → classes. Images
+    /// of at most 16×16 (the 8×8 digits): 3×3 kernels with padding 1, 8 and
+    /// 16 channels, so 8×8 → 4×4 → 2×2, dense 64 → classes.
+    fn cnn(train: Dataset, test: Dataset) -> Result<Self> {
+        let pool = Some(Pool2d::max(2));
+        let convs = if train.rows.max(train.cols) <= 16 {
+            vec![
+                ConvSpec { padding: 1, ..ConvSpec::new(8, 3, pool) },
+                ConvSpec { padding: 1, ..ConvSpec::new(16, 3, pool) },
+            ]
+        } else {
+            vec![ConvSpec::new(16, 5, pool), ConvSpec::new(32, 5, pool)]
+        };
+        let probe = Mlp::<f32>::cnn((1, train.rows, train.cols), &convs, &[train.classes], Activation::Relu, 0)?;
+        let flat = probe.layers[convs.len()].d_in();
+        Ok(Self {
+            sizes: vec![flat, train.classes],
+            overrides: vec![],
+            loss: Loss::SoftmaxCrossEntropy,
+            autoencoder: false,
+            train,
+            test,
+            convs,
+            hidden: Activation::Relu,
         })
     }
 
@@ -85,7 +132,11 @@ impl Task {
 
     /// The network of this task, initialised from `seed`.
     pub fn network<T: Scalar>(&self, seed: u64) -> Result<Mlp<T>> {
-        Mlp::new(&self.sizes, Activation::Tanh, Activation::Identity, Init::default(), seed, &self.overrides)
+        if self.convs.is_empty() {
+            return Mlp::new(&self.sizes, self.hidden, Activation::Identity, Init::default(), seed, &self.overrides);
+        }
+        let input = (1, self.train.rows, self.train.cols);
+        Mlp::cnn(input, &self.convs, &self.sizes[1..], self.hidden, seed)
     }
 
     /// Inputs and targets of examples `idx` of `set`.
@@ -204,7 +255,8 @@ pub fn train_with<T: Scalar>(
     let la = &*la;
     let mut mlp = task.network::<T>(config.seed)?;
     mlp.parallelism = config.parallelism;
-    let mut opt = Optimizer::with_products(config.optimizer.clone(), &mlp, config.curvature_products)?;
+    let mut opt = Optimizer::with_products(config.optimizer.clone(), &mlp, config.curvature_products)?
+        .with_sharing(config.sharing);
     let mut batches = Batches::new(task.train.len(), config.batch_size, config.seed ^ 0xBA7C);
     let mut rng = Rng::stream(config.seed, 0x005A_3F1E);
     // Not one record per step ahead: `steps` may be huge.

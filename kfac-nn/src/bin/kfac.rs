@@ -16,7 +16,7 @@ use kfac_nn::loss::FisherMode;
 use kfac_nn::mlp::Parallelism;
 use kfac_nn::optim::{
     AdaptiveConfig, BlockKind, CurvatureProducts, DampingKind, KfacConfig, KfacMethod, NonFinitePolicy,
-    OptimizerConfig, OptimizerKind, PiRule, Structure, UpdateRule,
+    OptimizerConfig, OptimizerKind, PiRule, Sharing, Structure, UpdateRule,
 };
 use kfac_nn::report;
 use kfac_nn::train::{self, DataSource, Metrics, RunOptions, Task, TaskKind, TrainConfig};
@@ -81,16 +81,16 @@ struct Common {
     /// The problem.
     #[arg(long, value_enum, default_value_t = TaskArg::Autoencoder)]
     task: TaskArg,
-    /// Embedded data set (default: mnist5k for the autoencoder, digits for the classifier).
+    /// Embedded data set (default: mnist5k for the autoencoder and the cnn, digits for the classifier).
     #[arg(long, value_enum)]
     dataset: Option<DatasetArg>,
     /// Directory with the full MNIST IDX files (train-images-idx3-ubyte[.gz], ...); overrides --dataset.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Training steps (default: 200 for the autoencoder, 300 for the classifier).
+    /// Training steps (default: 200 for the autoencoder and the cnn, 300 for the classifier).
     #[arg(long)]
     steps: Option<usize>,
-    /// Examples per step (default: 1000 for the autoencoder, 256 for the classifier).
+    /// Examples per step (default: 1000 for the autoencoder, 256 for the classifier and the cnn).
     #[arg(long)]
     batch_size: Option<usize>,
     /// Learning rate (default: the optimizer's, see the README).
@@ -201,6 +201,10 @@ struct Common {
     /// `compare` applies it to K-FAC only.
     #[arg(long, value_enum, default_value_t = StructureArg::Diagonal)]
     structure: StructureArg,
+    /// K-FAC/EKFAC on the cnn task: the convolutions' Kronecker factors
+    /// over their output locations, K-FAC-expand (KFC) or K-FAC-reduce.
+    #[arg(long, value_enum, default_value_t = SharingArg::Expand)]
+    sharing: SharingArg,
     /// What a step does when a number is not finite: skip it (change
     /// nothing, report it) or stop with an error.
     #[arg(long, value_enum)]
@@ -223,7 +227,8 @@ macro_rules! value_enum {
 }
 
 value_enum!(Opt { Sgd => OptimizerKind::Sgd, Adam => OptimizerKind::Adam, Kfac => OptimizerKind::Kfac, Ekfac => OptimizerKind::Ekfac } -> OptimizerKind);
-value_enum!(TaskArg { Autoencoder => TaskKind::Autoencoder, Classifier => TaskKind::Classifier } -> TaskKind);
+value_enum!(TaskArg { Autoencoder => TaskKind::Autoencoder, Classifier => TaskKind::Classifier, Cnn => TaskKind::Cnn } -> TaskKind);
+value_enum!(SharingArg { Expand => Sharing::Expand, Reduce => Sharing::Reduce } -> Sharing);
 value_enum!(FisherArg { True => FisherMode::True, Empirical => FisherMode::Empirical } -> FisherMode);
 value_enum!(BackendArg { Faer => Backend::Faer, Nalgebra => Backend::Nalgebra } -> Backend);
 value_enum!(DampingArg { Tikhonov => DampingKind::Tikhonov, Factored => DampingKind::Factored(PiRule::Trace) } -> DampingKind);
@@ -366,6 +371,7 @@ impl Common {
         c.parallelism = self.parallelism.into();
         c.eval_every = self.eval_every;
         c.curvature_products = self.adaptive_products.into();
+        c.sharing = self.sharing.into();
         c.precision = match self.precision {
             Precision::F32 => "f32",
             Precision::F64 => "f64",

@@ -12,7 +12,7 @@
 
 use kfac::optim::guards::finite;
 use kfac::optim::{FiniteDifferences, KfacConfig, KfacOptimizer, NoCurvature, Step, StepInput, StepReport};
-use kfac::{LayerBatch, LinAlg};
+use kfac::{LayerBatch, LinAlg, Sharing, Structure};
 use ndarray::{Array2, ArrayView2, s};
 
 use super::model::{CurvatureProducts, MlpModel};
@@ -22,13 +22,14 @@ use crate::loss::{FisherMode, Loss};
 use crate::mlp::{Forward, GradRecorder, Mlp, NoHook};
 use crate::rng::Rng;
 
-/// The client's state: the core optimizer and the scratch network of the
-/// adaptive rule.
+/// The client's state: the core optimizer, the scratch network of the
+/// adaptive rule, and how convolutions share their weights.
 #[derive(Debug)]
 pub(crate) struct Kfac<T: Scalar> {
     pub core: KfacOptimizer<T>,
     pub products: CurvatureProducts,
     pub scratch: Option<Mlp<T>>,
+    pub sharing: Sharing,
 }
 
 /// A core error that says a step was refused becomes kfac-nn's
@@ -43,8 +44,21 @@ fn refused(e: Error) -> Error {
 }
 
 impl<T: Scalar> Kfac<T> {
+    /// # Errors
+    ///
+    /// [`Error::Config`] for the block-tridiagonal structure on a network
+    /// with convolutions ([`super::TRIDIAGONAL_CONVOLUTIONS`]); the core's
+    /// configuration errors.
     pub fn new(config: KfacConfig, mlp: &Mlp<T>, products: CurvatureProducts) -> Result<Self> {
-        Ok(Self { core: KfacOptimizer::new(config, &mlp.shapes())?, products, scratch: None })
+        if config.curvature.structure == Structure::Tridiagonal && mlp.has_convolutions() {
+            return Err(Error::Config {
+                what: "structure",
+                value: "tridiagonal".into(),
+                why: super::TRIDIAGONAL_CONVOLUTIONS.into(),
+            });
+        }
+        let core = KfacOptimizer::new(config, &mlp.shapes())?;
+        Ok(Self { core, products, scratch: None, sharing: Sharing::default() })
     }
 
     pub fn step(
@@ -63,12 +77,16 @@ impl<T: Scalar> Kfac<T> {
         }
         let (grads, recorder) = self.gradients(la, mlp, &fwd, t, loss, rng)?;
         let n_stats = self.core.config().curvature.statistics_rows(x.nrows());
-        let batches: Vec<LayerBatch<'_, T>> = recorder
-            .grads
-            .iter()
-            .enumerate()
-            .filter_map(|(l, g)| g.as_ref().map(|g| LayerBatch::new(fwd.acts[l].slice(s![..n_stats, ..]), g.view())))
-            .collect();
+        let mut batches: Vec<LayerBatch<'_, T>> = Vec::with_capacity(recorder.grads.len());
+        for (l, g) in recorder.grads.iter().enumerate() {
+            let Some(g) = g else { continue };
+            batches.push(match mlp.layers[l].positions() {
+                1 => LayerBatch::new(fwd.acts[l].slice(s![..n_stats, ..]), g.view()),
+                // A convolution: its patches and location gradients, R = |T|.
+                r => LayerBatch::shared(fwd.statistics_input(l).slice_move(s![..n_stats * r, ..]), g.view(), r)
+                    .with_sharing(self.sharing),
+            });
+        }
         let params: Vec<ArrayView2<'_, T>> = mlp.layers.iter().map(|l| l.w.view()).collect();
         let statistics = (!batches.is_empty()).then_some(&batches[..]);
         let input = StepInput { params: &params, grads, loss: value, statistics };

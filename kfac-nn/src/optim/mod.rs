@@ -33,7 +33,23 @@ pub use self::sgd::SgdConfig;
 pub use ::kfac::optim::{
     AdaptiveConfig, AdaptiveRecord, CurvatureConfig, FixedRule, KfacConfig, KfacState, StepReport, UpdateRule,
 };
-pub use ::kfac::{BlockKind, DampingKind, KfacMethod, NonFinitePolicy, PiRule, Structure};
+pub use ::kfac::{BlockKind, DampingKind, KfacMethod, NonFinitePolicy, PiRule, Sharing, Structure};
+
+/// Why block-tridiagonal K-FAC refuses a network with convolutions.
+///
+/// Martens & Grosse's chain model couples consecutive layers through the
+/// cross factors $\Psi_{l,l+1} = \mathbb E[\bar a_l \bar a_{l+1}^\top]$ and
+/// $\mathbb E[g_l g_{l+1}^\top]$, estimated by pairing row $n$ of layer $l$
+/// with row $n$ of layer $l+1$. A convolution has one row per example and
+/// output location, $R_l = |T_l|$ of them, and its neighbours have other
+/// numbers of positions (a pooling or a dense layer in between changes
+/// $R$): there is no per-position pairing across layers of different $R$,
+/// so $\Psi$ has no per-position form. kfac-core refuses such batches
+/// (`InvalidConfig` on `positions > 1`); kfac-nn refuses the configuration
+/// before the first step. Use the block-diagonal structure.
+pub const TRIDIAGONAL_CONVOLUTIONS: &str = "block-tridiagonal K-FAC needs one row per example in every layer, and a \
+     convolution has one per example and output location: its cross-layer factors have no per-position form across \
+     layers with different numbers of positions; use --structure diagonal (block-diagonal K-FAC) with the cnn task";
 
 use ::kfac::optim::StepReport as Report;
 use ::kfac::{LinAlg, Preconditioner};
@@ -244,6 +260,17 @@ impl<T: Scalar> Optimizer<T> {
             OptimizerConfig::Kfac(c) => State::Kfac(Box::new(self::kfac::Kfac::new(c.clone(), mlp, products)?)),
         };
         Ok(Self { config, state })
+    }
+
+    /// The same optimizer with `sharing` for the convolutions' Kronecker
+    /// factors (K-FAC and EKFAC; the others have no factors): KFC, i.e.
+    /// K-FAC-expand over the output locations (the default), or
+    /// K-FAC-reduce ([`Sharing`]). Dense layers are not affected.
+    pub fn with_sharing(mut self, sharing: Sharing) -> Self {
+        if let State::Kfac(k) = &mut self.state {
+            k.sharing = sharing;
+        }
+        self
     }
 
     /// The configuration.

@@ -55,6 +55,7 @@ impl<T: Scalar> MlpModel<'_, T> {
                 return Err(Error::Shape { what: "direction", expected: l.w.dim(), found: d.dim() });
             }
             s.activation = l.activation;
+            s.kind = l.kind;
             Zip::from(&mut s.w).and(&l.w).and(d).for_each(|s, &w, &d| *s = w + d);
         }
         scratch.parallelism = self.mlp.parallelism;
