@@ -167,6 +167,25 @@ pub fn check_root(root: usize, size: usize) -> Result<()> {
     if root < size { Ok(()) } else { Err(Error::Communication { what: format!("root {root} of {size} ranks") }) }
 }
 
+/// Checks that every rank passes the same `bytes` (e.g. its serialised
+/// configuration): a 64-bit FNV-1a hash of them, gathered from every rank.
+///
+/// # Errors
+///
+/// [`Error::Communication`] naming `what` and the first rank that differs
+/// from rank 0 (on every rank), or a transport failure.
+pub fn check_agreement(comm: &dyn Communicator, what: &str, bytes: &[u8]) -> Result<()> {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    // Four 16-bit pieces: exact in an f64.
+    let local: Vec<f64> = (0..4).map(|i| ((hash >> (16 * i)) & 0xffff) as f64).collect();
+    let mut all = vec![0.0; 4 * comm.size()];
+    comm.all_gather_f64(&local, &mut all)?;
+    match all.chunks_exact(4).position(|c| c != &all[..4]) {
+        None => Ok(()),
+        Some(r) => Err(Error::Communication { what: format!("the ranks' {what} differ (rank {r} from rank 0)") }),
+    }
+}
+
 /// The element types a [`Communicator`] moves: `f32` and `f64` (sealed).
 /// It routes a generic buffer to the communicator's method of its type.
 pub trait Element: sealed::Sealed + Copy + Sized {

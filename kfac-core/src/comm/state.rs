@@ -68,8 +68,7 @@ fn encode<T: Real>(outcome: &Outcome<T>) -> (Vec<f64>, Vec<T>) {
         }
         Ok(st) => {
             h.push(1.0);
-            let sent: Vec<_> =
-                st.tensors.iter().filter(|(k, _)| !UNCHANGED_BY_REFRESH.contains(&k.as_str())).collect();
+            let sent: Vec<_> = st.tensors.iter().filter(|(k, _)| !UNCHANGED_BY_REFRESH.contains(&k.as_str())).collect();
             h.push(sent.len() as f64);
             for (name, t) in sent {
                 push_name(&mut h, name);

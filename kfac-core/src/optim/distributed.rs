@@ -102,10 +102,8 @@ pub(super) fn fisher_trace<T: Real>(
     parts: &[&[LayerBatch<'_, T>]],
     reducer: &Reducer<'_>,
 ) -> Result<f64> {
-    let traces = parts
-        .iter()
-        .map(|b| fisher_trace_per_parameter(shapes, b).map(|t| vec![t]))
-        .collect::<Result<Vec<_>>>()?;
+    let traces =
+        parts.iter().map(|b| fisher_trace_per_parameter(shapes, b).map(|t| vec![t])).collect::<Result<Vec<_>>>()?;
     let rows: Vec<f64> = parts.iter().map(|b| b.first().map_or(0.0, |b| b.len() as f64)).collect();
     Ok(reducer.mean(traces, &rows)?[0])
 }

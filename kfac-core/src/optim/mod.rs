@@ -404,10 +404,8 @@ impl<T: Real> KfacOptimizer<T> {
             };
             return Ok((r.skipped, r.refreshed));
         }
-        let missing = || Error::NotReady {
-            block: "optimizer".into(),
-            what: "this step updates statistics: batches are needed",
-        };
+        let missing =
+            || Error::NotReady { block: "optimizer".into(), what: "this step updates statistics: batches are needed" };
         let r = match curvature {
             Curvature::Local(statistics) => {
                 let batches = statistics.ok_or_else(missing)?;
