@@ -180,3 +180,85 @@ fn fold<'a, T: Real>(parts: impl Iterator<Item = &'a [T]>, weights: Option<&[f64
     }
     acc.unwrap_or_else(|| vec![T::zero(); n])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::comm::SingleProcess;
+
+    /// Rank 0 of two, whose partner's contribution to every sum is fixed.
+    struct Pair {
+        partner: Vec<f64>,
+    }
+
+    impl Communicator for Pair {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum_f32(&self, _buf: &mut [f32]) -> Result<()> {
+            unreachable!("f64 only")
+        }
+        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+            // The partner adds in the other order: the sum commutes exactly.
+            buf.iter_mut().zip(&self.partner).for_each(|(b, &p)| *b = p + *b);
+            Ok(())
+        }
+        fn broadcast_f32(&self, _buf: &mut [f32], _root: usize) -> Result<()> {
+            Ok(())
+        }
+        fn broadcast_f64(&self, _buf: &mut [f64], _root: usize) -> Result<()> {
+            Ok(())
+        }
+        fn barrier(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_padded_gather_is_exact_for_every_value() {
+        // The partner's padded buffer: -0 in rank 0's half, its values in its own.
+        let theirs = [-0.0, 0.0, 1e-310, -3.5];
+        let pair = Pair { partner: [-0.0; 4].iter().chain(&theirs).copied().collect() };
+        let mine = [0.0, -0.0, f64::MAX, -1e-300];
+        let mut out = [1.0; 8];
+        pair.all_gather_f64(&mine, &mut out).unwrap();
+        let want: Vec<u64> = mine.iter().chain(&theirs).map(|x| x.to_bits()).collect();
+        assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want);
+        assert!(pair.all_gather_f64(&mine, &mut [0.0; 7]).is_err());
+    }
+
+    #[test]
+    fn one_part_in_all_is_taken_as_it_is() {
+        let r = Reducer::new(&SingleProcess, Reduction::Sum, 1).unwrap();
+        let v = vec![-0.0f64, 0.1, f64::MIN_POSITIVE];
+        let got = r.mean(vec![v.clone()], &[7.0]).unwrap();
+        assert_eq!(
+            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn means_are_weighted_by_the_examples_and_summed_in_order() {
+        for reduction in [Reduction::Sum, Reduction::Ordered] {
+            let r = Reducer::new(&SingleProcess, reduction, 3).unwrap();
+            let parts = vec![vec![1.0f64, 2.0], vec![4.0, 8.0], vec![16.0, 32.0]];
+            let got = r.mean(parts.clone(), &[1.0, 1.0, 2.0]).unwrap();
+            // (1/4)·1 + (1/4)·4 + (1/2)·16, in that order.
+            assert_eq!(got, vec![0.25 * 1.0 + 0.25 * 4.0 + 0.5 * 16.0, 0.25 * 2.0 + 0.25 * 8.0 + 0.5 * 32.0]);
+            assert_eq!(r.sum(parts).unwrap(), vec![21.0, 42.0]);
+        }
+    }
+
+    #[test]
+    fn bad_parts_are_refused() {
+        let r = Reducer::new(&SingleProcess, Reduction::Sum, 2).unwrap();
+        assert!(r.sum(vec![vec![1.0f64]]).is_err());
+        assert!(r.sum(vec![vec![1.0f64], vec![1.0, 2.0]]).is_err());
+        assert!(r.mean(vec![vec![1.0f64], vec![2.0]], &[0.0, 0.0]).is_err());
+        assert!(Reducer::new(&SingleProcess, Reduction::Sum, 0).is_err());
+    }
+}
