@@ -1,5 +1,5 @@
 //! Data-parallel K-FAC and EKFAC over MPI: kfac-core's
-//! [`Communicator`](kfac_core::Communicator) on rsmpi.
+//! [`Communicator`] on rsmpi.
 //!
 //! [`MpiCommunicator`] owns MPI's [`Universe`]: MPI is initialised when it
 //! is made and finalised when it is dropped, once per process (MPI cannot be

@@ -112,7 +112,7 @@ pub trait CurvatureBlock<T: Real>: Send + Sync + Debug {
     fn accumulate(&mut self, la: &dyn LinAlg<T>, batch: &LayerBatch<'_, T>) -> Result<()>;
 
     /// Ends the step: folds the pending statistics into the running averages
-    /// with decay `decay` (see [`MovingAverage`](crate::MovingAverage)).
+    /// with decay `decay` (see [`MovingAverage`]).
     fn commit(&mut self, decay: f64) -> Result<()>;
 
     /// [`accumulate`](Self::accumulate) then [`commit`](Self::commit).

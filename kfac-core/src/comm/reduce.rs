@@ -159,7 +159,7 @@ impl<'c> Reducer<'c> {
 }
 
 fn weights(counts: &[f64], total: f64) -> Result<Vec<f64>> {
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return Err(Error::Communication { what: format!("a mean over {total} examples") });
     }
     Ok(counts.iter().map(|&c| c / total).collect())
@@ -174,8 +174,8 @@ fn fold<'a, T: Real>(parts: impl Iterator<Item = &'a [T]>, weights: Option<&[f64
         match (&mut acc, w) {
             (None, None) => acc = Some(part.to_vec()),
             (None, Some(w)) => acc = Some(part.iter().map(|&x| w * x).collect()),
-            (Some(a), None) => a.iter_mut().zip(part).for_each(|(a, &x)| *a = *a + x),
-            (Some(a), Some(w)) => a.iter_mut().zip(part).for_each(|(a, &x)| *a = *a + w * x),
+            (Some(a), None) => a.iter_mut().zip(part).for_each(|(a, &x)| *a += x),
+            (Some(a), Some(w)) => a.iter_mut().zip(part).for_each(|(a, &x)| *a += w * x),
         }
     }
     acc.unwrap_or_else(|| vec![T::zero(); n])
@@ -202,8 +202,8 @@ mod tests {
             unreachable!("f64 only")
         }
         fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-            // The partner adds in the other order: the sum commutes exactly.
-            buf.iter_mut().zip(&self.partner).for_each(|(b, &p)| *b = p + *b);
+            // IEEE addition commutes exactly, so the order of the two ranks does not matter.
+            buf.iter_mut().zip(&self.partner).for_each(|(b, &p)| *b += p);
             Ok(())
         }
         fn broadcast_f32(&self, _buf: &mut [f32], _root: usize) -> Result<()> {

@@ -66,7 +66,7 @@
 
 pub mod adaptive;
 mod config;
-mod distributed;
+pub mod distributed;
 pub mod finite_differences;
 pub mod fixed;
 pub mod guards;
