@@ -80,6 +80,12 @@ impl<T: Real> MovingAverage<T> {
         self.pending.iter().all(|x| x.is_finite())
     }
 
+    /// Sets the number of examples of the pending step (after the pending
+    /// sums of several processes were added together, [`crate::comm`]).
+    pub fn set_pending_count(&mut self, count: f64) {
+        self.pending_count = count;
+    }
+
     /// Drops the pending step's sums.
     pub fn discard_pending(&mut self) {
         self.pending.fill(T::zero());

@@ -143,6 +143,14 @@ pub enum Error {
         /// What is wrong.
         why: String,
     },
+    /// A data-parallel step could not combine the ranks' values: a failed
+    /// transfer, ranks that disagree, or an error on another rank
+    /// ([`crate::comm`]).
+    #[error("communication: {what}")]
+    Communication {
+        /// What failed.
+        what: String,
+    },
     /// A backend operation failed outside a decomposition.
     #[error("{block}: {source}")]
     LinAlg {

@@ -65,6 +65,12 @@ impl<T: Real> KroneckerFactors<T> {
         &self.b
     }
 
+    /// Both moving averages, $A$'s then $B$'s (to reduce their pending
+    /// sums across processes, [`crate::comm`]).
+    pub fn averages_mut(&mut self) -> [&mut MovingAverage<T>; 2] {
+        [&mut self.a, &mut self.b]
+    }
+
     /// Whether a step has been committed.
     pub fn is_initialised(&self) -> bool {
         self.a.is_initialised()

@@ -161,6 +161,7 @@ pub struct ReadmeDoctests;
 
 pub mod average;
 pub mod blocks;
+pub mod comm;
 pub mod damping;
 pub mod error;
 pub mod factors;
@@ -179,6 +180,7 @@ pub mod tridiagonal;
 
 pub use average::MovingAverage;
 pub use blocks::{BlockKind, CurvatureBlock, DenseBlock, DiagonalBlock, EkfacBlock, KfacBlock, KfacMethod};
+pub use comm::{Communicator, Reduction, SingleProcess};
 pub use damping::{Damping, DampingKind, DampingSchedule, PiRule, Schedule};
 pub use error::{Error, LinAlgError, Result};
 pub use factors::KroneckerFactors;

@@ -13,6 +13,8 @@ use crate::shape::{LayerBatch, LayerShape, check_finite};
 use crate::state::{BlockHealth, BlockState};
 use crate::tridiagonal::TridiagonalKfac;
 
+mod distributed;
+
 /// How the layers' blocks relate to each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]

@@ -19,6 +19,7 @@ mod sealed {
 /// [`Real::EPSILON`].
 pub trait Real:
     sealed::Sealed
+    + crate::comm::Element
     + Float
     + FromPrimitive
     + NumAssign

@@ -10,7 +10,11 @@
 //!   figures (Kunstner et al.); everything lands in
 //!   `target/kfac-bench/` (see the README). `--quick` shortens the criterion
 //!   measurements and runs the race for 100 steps instead of 200.
-//! - `cargo xtask ci`: what `.ci/run` calls; currently `test`.
+//! - `cargo xtask mpi`: the `kfac-mpi` crate, which needs Open MPI and
+//!   libclang (`.ci/run` installs them): clippy, its test binary (which
+//!   relaunches itself under `mpirun -np 2`) and its docs. `test` leaves
+//!   it out, so that a machine without MPI can run `test`.
+//! - `cargo xtask ci`: what `.ci/run` calls: `test`, then `mpi`.
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -19,11 +23,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let task = args.first().map(String::as_str).unwrap_or("help");
     let result = match task {
-        "test" | "ci" => test(),
+        "test" => test(),
+        "mpi" => mpi(),
+        "ci" => test().and_then(|()| mpi()),
         "bench" => bench(args[1..].iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|bench [--quick]|ci>\n  test   fmt, clippy -D warnings, all tests (both backends), docs -D warnings\n  bench  criterion benchmarks, the optimizer race, the fidelity study, the soak, the empirical-Fisher figures -> target/kfac-bench/\n  ci     what .ci/run calls (= test)"
+                "usage: cargo xtask <test|mpi|bench [--quick]|ci>\n  test   fmt, clippy -D warnings, all tests (both backends), docs -D warnings (all crates but kfac-mpi)\n  mpi    kfac-mpi (needs Open MPI and libclang): clippy, its tests under mpirun -np 2, docs\n  bench  criterion benchmarks, the optimizer race, the fidelity study, the soak, the empirical-Fisher figures -> target/kfac-bench/\n  ci     what .ci/run calls (test, then mpi)"
             );
             return if task == "help" || task == "--help" { ExitCode::SUCCESS } else { ExitCode::from(2) };
         }
@@ -134,11 +140,37 @@ fn bench(quick: bool) -> Result<(), String> {
     Ok(())
 }
 
+fn mpi() -> Result<(), String> {
+    let steps = [
+        Step {
+            name: "clippy (kfac-mpi)",
+            args: &["clippy", "-p", "kfac-mpi", "--all-targets", "--", "-D", "warnings"],
+            env: &[],
+        },
+        Step { name: "tests (kfac-mpi, under mpirun -np 2)", args: &["test", "-p", "kfac-mpi"], env: &[] },
+        Step {
+            name: "docs (kfac-mpi)",
+            args: &["doc", "-p", "kfac-mpi", "--no-deps"],
+            env: &[("RUSTDOCFLAGS", "-D warnings")],
+        },
+    ];
+    let start = Instant::now();
+    for s in &steps {
+        run(s)?;
+    }
+    eprintln!("xtask mpi: all {} steps passed in {:.0} s", steps.len(), start.elapsed().as_secs_f64());
+    Ok(())
+}
+
 fn test() -> Result<(), String> {
     let steps = [
         Step { name: "format", args: &["fmt", "--all", "--check"], env: &[] },
-        Step { name: "clippy", args: &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], env: &[] },
-        Step { name: "tests (faer default)", args: &["test", "--workspace"], env: &[] },
+        Step {
+            name: "clippy",
+            args: &["clippy", "--workspace", "--exclude", "kfac-mpi", "--all-targets", "--", "-D", "warnings"],
+            env: &[],
+        },
+        Step { name: "tests (faer default)", args: &["test", "--workspace", "--exclude", "kfac-mpi"], env: &[] },
         Step {
             name: "tests (kfac facade, nalgebra feature only)",
             args: &["test", "-p", "kfac", "--no-default-features", "--features", "nalgebra"],
@@ -151,7 +183,7 @@ fn test() -> Result<(), String> {
         },
         Step {
             name: "docs",
-            args: &["doc", "--workspace", "--no-deps", "--all-features"],
+            args: &["doc", "--workspace", "--exclude", "kfac-mpi", "--no-deps", "--all-features"],
             env: &[("RUSTDOCFLAGS", "-D warnings")],
         },
     ];

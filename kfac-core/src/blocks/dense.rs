@@ -89,6 +89,10 @@ impl<T: Real> CurvatureBlock<T> for DenseBlock<T> {
         self.fisher.commit(decay).map(|_| ())
     }
 
+    fn statistics_mut(&mut self) -> Vec<&mut MovingAverage<T>> {
+        vec![&mut self.fisher]
+    }
+
     fn refresh(&mut self, la: &dyn LinAlg<T>, damping: Damping) -> Result<()> {
         if !self.fisher.is_initialised() {
             return Err(Error::NotReady { block: self.name.clone(), what: "no statistics yet" });

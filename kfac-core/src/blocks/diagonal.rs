@@ -97,6 +97,10 @@ impl<T: Real> CurvatureBlock<T> for DiagonalBlock<T> {
         self.diag.commit(decay).map(|_| ())
     }
 
+    fn statistics_mut(&mut self) -> Vec<&mut MovingAverage<T>> {
+        vec![&mut self.diag]
+    }
+
     fn refresh(&mut self, _la: &dyn LinAlg<T>, damping: Damping) -> Result<()> {
         if !self.diag.is_initialised() {
             return Err(Error::NotReady { block: self.name.clone(), what: "no statistics yet" });

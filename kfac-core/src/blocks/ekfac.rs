@@ -119,6 +119,14 @@ impl<T: Real> CurvatureBlock<T> for EkfacBlock<T> {
         self.factors.commit(decay).map(|_| ())
     }
 
+    fn statistics_mut(&mut self) -> Vec<&mut MovingAverage<T>> {
+        self.factors.averages_mut().into()
+    }
+
+    fn scalings_mut(&mut self) -> Vec<&mut MovingAverage<T>> {
+        vec![&mut self.scalings]
+    }
+
     fn has_scalings(&self) -> bool {
         true
     }

@@ -6,6 +6,7 @@ use super::{
     CurvatureBlock, bytes, bytes1, check_dense_size, check_operand, damped_inverse, factored_damped, from_basis,
     kron_dense, lin_err, mean_diag, not_ready, outer_plus, safe_eigh, to_basis,
 };
+use crate::average::MovingAverage;
 use crate::damping::Damping;
 use crate::error::{Error, Result};
 use crate::factors::KroneckerFactors;
@@ -181,6 +182,10 @@ impl<T: Real> CurvatureBlock<T> for KfacBlock<T> {
 
     fn commit(&mut self, decay: f64) -> Result<()> {
         self.factors.commit(decay).map(|_| ())
+    }
+
+    fn statistics_mut(&mut self) -> Vec<&mut MovingAverage<T>> {
+        self.factors.averages_mut().into()
     }
 
     fn refresh(&mut self, la: &dyn LinAlg<T>, damping: Damping) -> Result<()> {

@@ -58,6 +58,7 @@ use std::fmt::Debug;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
+use crate::average::MovingAverage;
 use crate::damping::Damping;
 use crate::error::{Error, Result};
 use crate::linalg::LinAlg;
@@ -111,7 +112,7 @@ pub trait CurvatureBlock<T: Real>: Send + Sync + Debug {
     fn accumulate(&mut self, la: &dyn LinAlg<T>, batch: &LayerBatch<'_, T>) -> Result<()>;
 
     /// Ends the step: folds the pending statistics into the running averages
-    /// with decay `decay` (see [`MovingAverage`](crate::MovingAverage)).
+    /// with decay `decay` (see [`MovingAverage`]).
     fn commit(&mut self, decay: f64) -> Result<()>;
 
     /// [`accumulate`](Self::accumulate) then [`commit`](Self::commit).
@@ -142,6 +143,20 @@ pub trait CurvatureBlock<T: Real>: Send + Sync + Debug {
     fn update_scalings(&mut self, la: &dyn LinAlg<T>, batch: &LayerBatch<'_, T>, decay: f64) -> Result<()> {
         self.accumulate_scalings(la, batch)?;
         self.commit_scalings(decay)
+    }
+
+    /// The running averages [`accumulate`](Self::accumulate) adds to, in a
+    /// fixed order: a data-parallel step adds their pending sums and counts
+    /// over the processes before [`commit`](Self::commit) ([`crate::comm`]).
+    /// Empty by default: such a block cannot be trained data-parallel.
+    fn statistics_mut(&mut self) -> Vec<&mut MovingAverage<T>> {
+        Vec::new()
+    }
+
+    /// As [`statistics_mut`](Self::statistics_mut), for the averages of
+    /// [`accumulate_scalings`](Self::accumulate_scalings). Empty by default.
+    fn scalings_mut(&mut self) -> Vec<&mut MovingAverage<T>> {
+        Vec::new()
     }
 
     /// Rebuilds the cache (eigenbases, inverses) from the current statistics

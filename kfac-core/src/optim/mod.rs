@@ -66,6 +66,7 @@
 
 pub mod adaptive;
 mod config;
+pub mod distributed;
 pub mod finite_differences;
 pub mod fixed;
 pub mod guards;
@@ -75,6 +76,7 @@ mod report;
 mod state;
 
 pub use config::{AdaptiveConfig, CurvatureConfig, FixedRule, KfacConfig, UpdateRule, below_one, representable};
+pub use distributed::{ReducedModel, Shard};
 pub use finite_differences::{FiniteDifferences, OutputModel};
 pub use model::{CurvatureModel, NoCurvature};
 pub use quadratic::{ModelStep, dot, fisher_trace_per_parameter, levenberg_marquardt, quadratic_step, reduction_ratio};
@@ -147,6 +149,13 @@ impl<T: Real> Step<'_, T> {
             }
         }
     }
+}
+
+/// Where a step's statistics come from: the caller's batches, or the parts
+/// of a data-parallel step with their reducer.
+pub(crate) enum Curvature<'s, 'a, T> {
+    Local(Option<&'s [LayerBatch<'a, T>]>),
+    Parts(Option<&'s [&'s [LayerBatch<'a, T>]]>, &'s crate::comm::Reducer<'s>),
 }
 
 /// Why a rule refused a step (the quantity that was not finite).
@@ -332,7 +341,21 @@ impl<T: Real> KfacOptimizer<T> {
         input: StepInput<'_, T>,
         model: &mut M,
     ) -> std::result::Result<Step<'_, T>, M::Error> {
-        let StepInput { params, mut grads, loss, statistics } = input;
+        let StepInput { params, grads, loss, statistics } = input;
+        self.run(la, params, grads, loss, Curvature::Local(statistics), model)
+    }
+
+    /// The step on the global batch's loss and gradient (combined over the
+    /// ranks for a data-parallel step), with the statistics of `curvature`.
+    fn run<M: CurvatureModel<T>>(
+        &mut self,
+        la: &dyn LinAlg<T>,
+        params: &[ArrayView2<'_, T>],
+        mut grads: Vec<Array2<T>>,
+        loss: f64,
+        curvature: Curvature<'_, '_, T>,
+        model: &mut M,
+    ) -> std::result::Result<Step<'_, T>, M::Error> {
         self.check_layers(params, &grads)?;
         if !loss.is_finite() {
             return Ok(self.refuse(loss, "the loss", Vec::new(), false)?);
@@ -344,7 +367,7 @@ impl<T: Real> KfacOptimizer<T> {
         if !finite(&grads) {
             return Ok(self.refuse(loss, "the gradient", Vec::new(), false)?);
         }
-        let (skipped, refreshed) = self.update_curvature(la, statistics)?;
+        let (skipped, refreshed) = self.update_curvature(la, curvature)?;
         let ctx = StepContext { params, grads: &grads, loss, l2: self.config.l2 };
         let (kl_scale, adaptive, accepted) = match &self.config.rule {
             UpdateRule::Fixed(rule) => match fixed::step(rule, la, &self.pre, &mut self.velocity, &ctx)? {
@@ -373,21 +396,28 @@ impl<T: Real> KfacOptimizer<T> {
     /// The curvature part of a step: the initial $\lambda_0$ of the adaptive
     /// rule, then the preconditioner's update. Returns the layers whose
     /// statistics were skipped and whether the caches were rebuilt.
-    fn update_curvature(
-        &mut self,
-        la: &dyn LinAlg<T>,
-        statistics: Option<&[LayerBatch<'_, T>]>,
-    ) -> Result<(Vec<usize>, bool)> {
+    fn update_curvature(&mut self, la: &dyn LinAlg<T>, curvature: Curvature<'_, '_, T>) -> Result<(Vec<usize>, bool)> {
         if !self.pre.needs_statistics() {
-            let r = self.pre.update(la, None)?;
+            let r = match curvature {
+                Curvature::Local(_) => self.pre.update(la, None)?,
+                Curvature::Parts(_, reducer) => self.pre.update_parts(la, None, reducer)?,
+            };
             return Ok((r.skipped, r.refreshed));
         }
-        let batches = statistics.ok_or_else(|| Error::NotReady {
-            block: "optimizer".into(),
-            what: "this step updates statistics: batches are needed",
-        })?;
-        self.initial_damping(batches)?;
-        let r = self.pre.update(la, Some(batches))?;
+        let missing =
+            || Error::NotReady { block: "optimizer".into(), what: "this step updates statistics: batches are needed" };
+        let r = match curvature {
+            Curvature::Local(statistics) => {
+                let batches = statistics.ok_or_else(missing)?;
+                self.initial_damping(|shapes| fisher_trace_per_parameter(shapes, batches))?;
+                self.pre.update(la, Some(batches))?
+            }
+            Curvature::Parts(parts, reducer) => {
+                let parts = parts.ok_or_else(missing)?;
+                self.initial_damping(|shapes| distributed::fisher_trace(shapes, parts, reducer))?;
+                self.pre.update_parts(la, Some(parts), reducer)?
+            }
+        };
         Ok((r.skipped, r.refreshed))
     }
 
@@ -396,12 +426,12 @@ impl<T: Real> KfacOptimizer<T> {
     /// preconditioner's damping $\gamma_0^2$ unless $\gamma_0$ is configured.
     /// A batch whose trace is not finite leaves them for the next step (its
     /// statistics are skipped too).
-    fn initial_damping(&mut self, batches: &[LayerBatch<'_, T>]) -> Result<()> {
+    fn initial_damping(&mut self, trace: impl FnOnce(&[LayerShape]) -> Result<f64>) -> Result<()> {
         let (Some(cfg), Some(state)) = (self.config.adaptive(), self.adaptive.as_mut()) else { return Ok(()) };
         if state.steps > 0 || cfg.lambda.is_some() {
             return Ok(());
         }
-        let trace = fisher_trace_per_parameter(&self.shapes, batches)?;
+        let trace = trace(&self.shapes)?;
         if !trace.is_finite() {
             return Ok(());
         }
