@@ -113,7 +113,7 @@ struct Data<T> {
 
 fn data<T: Scalar + From<f32>>() -> Result<Data<T>, BoxError> {
     let (train, test) = mnist5k()?.split(0.2, 0)?;
-    let arrays = |d: &kfac_nn::data::Dataset| (d.images_as::<T>(), d.one_hot().mapv(T::from));
+    let arrays = |d: &kfac_nn::data::Dataset| (d.images_as::<T>(), d.one_hot().mapv(<T as From<f32>>::from));
     Ok(Data { train: arrays(&train), test: arrays(&test) })
 }
 
@@ -206,7 +206,7 @@ fn train<T: Scalar>(
 
 fn adamw<T: Scalar>(o: &Options, d: &Data<T>) -> Result<Run, BoxError> {
     let model = network::<T>(0, &Device::Cpu)?;
-    let vars = [&model.c1, &model.c2].iter().flat_map(|c| [c.weight().clone(), c.bias().unwrap().clone()]);
+    let vars = [&model.c1, &model.c2].into_iter().flat_map(|c| [c.weight().clone(), c.bias().unwrap().clone()]);
     let vars: Vec<Var> = vars.chain([model.fc.weight().clone(), model.fc.bias().unwrap().clone()]).collect();
     let mut opt = candle_nn::AdamW::new_lr(vars, 1e-3)?;
     train("adamw", o, d, &model, |x, t| {

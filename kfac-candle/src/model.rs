@@ -39,7 +39,7 @@ impl<T: Scalar, F: FnMut(&Tensor) -> candle_core::Result<Tensor>> CandleModel<'_
                 why: format!("a direction of {} layers for {}", delta.len(), self.layers.len()),
             });
         }
-        let shifted = || -> Result<Array2<T>> {
+        let mut shifted = || -> Result<Array2<T>> {
             for ((layer, theta), d) in self.layers.iter().zip(self.theta).zip(delta) {
                 layer.write((theta + d).view())?;
             }

@@ -7,7 +7,6 @@ use candle_core::{Tensor, Var};
 use kfac_core::optim::guards::finite;
 use kfac_core::optim::{FiniteDifferences, KfacConfig, KfacOptimizer, NoCurvature, StepInput, StepReport};
 use kfac_core::{FisherMode, LayerBatch, Loss, Rng};
-use kfac_linalg_faer::Faer;
 use ndarray::{Array2, ArrayView2, s};
 
 use crate::capture::Tap;
@@ -41,7 +40,6 @@ pub struct Kfac<T: Scalar> {
     layers: Vec<KfacLayer>,
     loss: Loss,
     rng: Rng,
-    la: Faer,
 }
 
 /// What a step reads from candle before kfac-core's step.
@@ -72,7 +70,7 @@ impl<T: Scalar> Kfac<T> {
         }
         let shapes: Vec<_> = layers.iter().map(KfacLayer::shape).collect();
         let core = KfacOptimizer::new(config, &shapes)?;
-        Ok(Self { core, layers, loss, rng: Rng::new(seed), la: Faer::new() })
+        Ok(Self { core, layers, loss, rng: Rng::new(seed) })
     }
 
     /// kfac-core's optimizer (its preconditioner, state, health).
@@ -144,11 +142,12 @@ impl<T: Scalar> Kfac<T> {
             Some(s) => Some(timed(&mut times.statistics, || s.iter().map(StatsData::batch).collect::<Result<Vec<_>>>())?),
             None => None,
         };
+        let params: Vec<ArrayView2<'_, T>> = theta.iter().map(|a| a.view()).collect();
         let start = Instant::now();
-        let (report, new_theta, model_seconds) = self.core_step(x, &reads, grads, &theta, batches.as_deref(), &mut forward)?;
+        let (report, new_theta, model_seconds) =
+            self.core_step(x, &reads, grads, &theta, &params, batches.as_deref(), &mut forward)?;
         times.core = start.elapsed().as_secs_f64() - model_seconds;
         times.model_forwards = model_seconds;
-        drop((batches, stats));
         if let Some(new_theta) = new_theta {
             timed(&mut times.write_back, || self.write(&new_theta))?;
         }
@@ -231,31 +230,32 @@ impl<T: Scalar> Kfac<T> {
 
     /// kfac-core's step; returns its report, the new parameters when the
     /// step changes them, and the seconds of the model's forward passes.
-    fn core_step<F>(
+    fn core_step<'a, F>(
         &mut self,
         x: &Tensor,
         reads: &Reads<T>,
         grads: Vec<Array2<T>>,
         theta: &[Array2<T>],
-        batches: Option<&[LayerBatch<'_, T>]>,
+        params: &'a [ArrayView2<'a, T>],
+        batches: Option<&'a [LayerBatch<'a, T>]>,
         forward: &mut F,
     ) -> Result<(StepReport, Option<Vec<Array2<T>>>, f64)>
     where
         F: FnMut(&Tensor) -> candle_core::Result<Tensor>,
     {
-        let params: Vec<ArrayView2<'_, T>> = theta.iter().map(Array2::view).collect();
-        let input = StepInput { params: &params, grads, loss: reads.value, statistics: batches };
-        let Self { core, layers, loss, la, .. } = self;
+        let input = StepInput { params, grads, loss: reads.value, statistics: batches };
+        let la = T::linalg();
+        let Self { core, layers, loss, .. } = self;
         let mut model = CandleModel { layers, theta, forward, x, t: reads.targets.view(), loss: *loss, seconds: 0.0 };
         let step = if core.config().adaptive().is_some() {
-            let mut fd = FiniteDifferences::new(&mut model, *loss, reads.out.clone(), &params);
-            core.step(la, input, &mut fd)?
+            let mut fd = FiniteDifferences::new(&mut model, *loss, reads.out.clone(), params);
+            core.step(&*la, input, &mut fd)?
         } else {
-            core.step(la, input, &mut NoCurvature)?
+            core.step(&*la, input, &mut NoCurvature)?
         };
         let new_theta = step.scaled_direction().map(|_| {
             let mut next = theta.to_vec();
-            step.apply(next.iter_mut().map(Array2::view_mut));
+            step.apply(next.iter_mut().map(|a| a.view_mut()));
             next
         });
         let report = step.into_report();

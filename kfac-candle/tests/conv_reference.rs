@@ -16,7 +16,6 @@ use kfac_candle::{Kfac, KfacConv2d, KfacLinear, Scalar};
 use kfac_core::conv::{Conv2dGeometry, im2col, location_rows, rows_to_nchw};
 use kfac_core::optim::{KfacConfig, KfacOptimizer, NoCurvature, StepInput};
 use kfac_core::{FisherMode, LayerBatch, LayerShape, Loss, Real, Rng};
-use kfac_linalg_faer::Faer;
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis, s};
 
 const N: usize = 8;
@@ -111,7 +110,7 @@ impl<T: Both> Net<T> {
 }
 
 /// The reference step with kfac-core alone; returns the optimizer.
-fn reference<T: Both>(net: &mut Net<T>, x: &Array4<T>, t: &Array2<T>, opt: &mut KfacOptimizer<T>, rng: &mut Rng) {
+fn reference<T: Both + Scalar>(net: &mut Net<T>, x: &Array4<T>, t: &Array2<T>, opt: &mut KfacOptimizer<T>, rng: &mut Rng) {
     let loss = Loss::SoftmaxCrossEntropy;
     let (z, flat, logits) = net.forward(x.view());
     let g = loss.grad(logits.view(), t.view()).unwrap();
@@ -135,7 +134,7 @@ fn reference<T: Both>(net: &mut Net<T>, x: &Array4<T>, t: &Array2<T>, opt: &mut 
     let value = loss.value(logits.view(), t.view()).unwrap();
     let params = [net.conv.view(), net.linear.view()];
     let input = StepInput { params: &params, grads: vec![conv_grad, lin_grad], loss: value, statistics: Some(&stats) };
-    let step = opt.step(&Faer::new(), input, &mut NoCurvature).unwrap();
+    let step = opt.step(&*T::linalg(), input, &mut NoCurvature).unwrap();
     let update = step.update().unwrap();
     net.conv += &update[0];
     net.linear += &update[1];
@@ -212,9 +211,9 @@ fn run<T: Both + Scalar>(fisher: FisherMode, mut config: KfacConfig, stride: usi
             assert!(e <= tol, "{case} step {step} layer {l} update: {e:e} > {tol:e}");
         }
         let g = directions::<T>(&[net.conv.dim(), net.linear.dim()], 0.7);
-        let la = Faer::new();
-        let pc = kc.core().preconditioner().precondition(&la, &views(&g)).unwrap();
-        let pr = opt.preconditioner().precondition(&la, &views(&g)).unwrap();
+        let la = T::linalg();
+        let pc = kc.core().preconditioner().precondition(&*la, &views(&g)).unwrap();
+        let pr = opt.preconditioner().precondition(&*la, &views(&g)).unwrap();
         for (l, (a, b)) in pc.iter().zip(&pr).enumerate() {
             let e = rel(a.view(), b.view());
             assert!(e <= tol, "{case} step {step} layer {l} preconditioned: {e:e} > {tol:e}");

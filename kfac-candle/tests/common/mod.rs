@@ -140,5 +140,5 @@ pub fn directions<T: Real>(dims: &[(usize, usize)], phase: f64) -> Vec<Array2<T>
 }
 
 pub fn views<T>(a: &[Array2<T>]) -> Vec<ArrayView2<'_, T>> {
-    a.iter().map(Array2::view).collect()
+    a.iter().map(|x| x.view()).collect()
 }
