@@ -98,7 +98,8 @@ fn network<T: Scalar>(seed: u64, dev: &Device) -> Result<Cnn, BoxError> {
         Var::from_vec(v, dims, dev)
     };
     let zeros = |n: usize| Var::zeros(n, T::CANDLE, dev);
-    let conv = |w: Var, b: Var| KfacConv2d::new(Conv2d::new(w.into_inner(), Some(b.into_inner()), Conv2dConfig::default()));
+    let conv =
+        |w: Var, b: Var| KfacConv2d::new(Conv2d::new(w.into_inner(), Some(b.into_inner()), Conv2dConfig::default()));
     let c1 = conv(var(&[16, 1, 5, 5], 25)?, zeros(16)?)?;
     let c2 = conv(var(&[32, 16, 5, 5], 400)?, zeros(32)?)?;
     let fc = KfacLinear::new(Linear::new(var(&[10, 512], 512)?.into_inner(), Some(zeros(10)?.into_inner())))?;
@@ -181,7 +182,8 @@ fn train<T: Scalar>(
 ) -> Result<Run, BoxError> {
     let dev = Device::Cpu;
     let mut batches = Batches::new(d.train.0.nrows(), o.batch, 1);
-    let mut run = Run { name: name.into(), points: Vec::new(), step_seconds: Vec::new(), final_loss: f64::NAN, phases: None };
+    let mut run =
+        Run { name: name.into(), points: Vec::new(), step_seconds: Vec::new(), final_loss: f64::NAN, phases: None };
     let mut seconds = 0.0;
     for s in 1..=o.steps {
         let idx = batches.next_batch();
@@ -246,7 +248,8 @@ fn table(runs: &[Run]) -> String {
     );
     for r in runs {
         let fin = r.points.last().map_or(f64::NAN, |p| p.accuracy);
-        let (steps, secs) = reached(r, target).map_or(("not reached".into(), "-".into()), |p| (p.step.to_string(), format!("{:.1}", p.seconds)));
+        let (steps, secs) = reached(r, target)
+            .map_or(("not reached".into(), "-".into()), |p| (p.step.to_string(), format!("{:.1}", p.seconds)));
         let m = median(&r.step_seconds);
         s += &format!("| {} | {fin:.4} | {steps} | {secs} | {m:.4} | {:.2} |\n", r.name, m / adam_step);
     }
@@ -257,8 +260,16 @@ fn table(runs: &[Run]) -> String {
             let ms = |x: f64| format!("{:.2}", 1e3 * x / n);
             s += &format!(
                 "| {} (ms per step) | {} | {} | {} | {} | {} | {} | {} | {} | {:.1}% |\n",
-                r.name, ms(p.forward), ms(p.backward), ms(p.fisher_backward), ms(p.statistics), ms(p.reads),
-                ms(p.core), ms(p.model_forwards), ms(p.write_back), 100.0 * p.adapter() / p.total()
+                r.name,
+                ms(p.forward),
+                ms(p.backward),
+                ms(p.fisher_backward),
+                ms(p.statistics),
+                ms(p.reads),
+                ms(p.core),
+                ms(p.model_forwards),
+                ms(p.write_back),
+                100.0 * p.adapter() / p.total()
             );
         }
     }
@@ -267,12 +278,18 @@ fn table(runs: &[Run]) -> String {
 
 fn json(runs: &[Run], o: &Options) -> serde_json::Value {
     let run = |r: &Run| {
-        let points: Vec<_> = r.points.iter().map(|p| serde_json::json!({"step": p.step, "seconds": p.seconds, "test_accuracy": p.accuracy})).collect();
-        let phases = r.phases.map(|p| serde_json::json!({
-            "forward": p.forward, "backward": p.backward, "fisher_backward": p.fisher_backward,
-            "statistics": p.statistics, "reads": p.reads, "core": p.core, "model_forwards": p.model_forwards,
-            "write_back": p.write_back, "adapter_share": p.adapter() / p.total(),
-        }));
+        let points: Vec<_> = r
+            .points
+            .iter()
+            .map(|p| serde_json::json!({"step": p.step, "seconds": p.seconds, "test_accuracy": p.accuracy}))
+            .collect();
+        let phases = r.phases.map(|p| {
+            serde_json::json!({
+                "forward": p.forward, "backward": p.backward, "fisher_backward": p.fisher_backward,
+                "statistics": p.statistics, "reads": p.reads, "core": p.core, "model_forwards": p.model_forwards,
+                "write_back": p.write_back, "adapter_share": p.adapter() / p.total(),
+            })
+        });
         serde_json::json!({"name": r.name, "points": points, "median_step_seconds": median(&r.step_seconds),
             "final_batch_loss": r.final_loss, "phase_seconds_total": phases})
     };
@@ -295,7 +312,10 @@ fn outputs(runs: &[Run], o: &Options) -> Result<(), BoxError> {
         let series: Vec<(String, Vec<(f64, f64)>)> = runs
             .iter()
             .map(|r| {
-                let pts = r.points.iter().map(|p| (if x == 0 { p.step as f64 } else { p.seconds }, (1.0 - p.accuracy).max(1e-4)));
+                let pts = r
+                    .points
+                    .iter()
+                    .map(|p| (if x == 0 { p.step as f64 } else { p.seconds }, (1.0 - p.accuracy).max(1e-4)));
                 (r.name.clone(), pts.collect())
             })
             .collect();

@@ -138,7 +138,9 @@ impl KfacLayer {
                 let positions = match tap.input.dims() {
                     [_, _] => 1,
                     [_, r, _] => *r,
-                    d => return Err(Error::Layer { layer: 0, why: format!("a Linear input must be 2-D or 3-D: {d:?}") }),
+                    d => {
+                        return Err(Error::Layer { layer: 0, why: format!("a Linear input must be 2-D or 3-D: {d:?}") });
+                    }
                 };
                 let (input, grad) = (Host::new(&tap.input)?, Host::new(eps_grad)?);
                 Ok(StatsData::Dense { input, grad, rows: batch * positions, positions, batch, shape })

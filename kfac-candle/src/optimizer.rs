@@ -132,14 +132,14 @@ impl<T: Scalar> Kfac<T> {
         };
         let n_stats = self.core.config().curvature.statistics_rows(reads.out.nrows());
         let stats = match (&taps, &stats_store) {
-            (Some(taps), Some(store)) => {
-                Some(timed(&mut times.statistics, || self.statistics(taps, store, n_stats))?)
-            }
+            (Some(taps), Some(store)) => Some(timed(&mut times.statistics, || self.statistics(taps, store, n_stats))?),
             _ => None,
         };
         let zero_copy_statistics = stats.as_ref().map(|s| s.iter().all(StatsData::borrowed));
         let batches = match &stats {
-            Some(s) => Some(timed(&mut times.statistics, || s.iter().map(StatsData::batch).collect::<Result<Vec<_>>>())?),
+            Some(s) => {
+                Some(timed(&mut times.statistics, || s.iter().map(StatsData::batch).collect::<Result<Vec<_>>>())?)
+            }
             None => None,
         };
         let params: Vec<ArrayView2<'_, T>> = theta.iter().map(|a| a.view()).collect();
@@ -170,9 +170,11 @@ impl<T: Scalar> Kfac<T> {
         if !needs {
             return Ok(None);
         }
-        let taps = self.layers.iter().enumerate().map(|(i, l)| {
-            l.capture().take().ok_or(Error::MissingGradient { layer: i, what: "pre-activation" })
-        });
+        let taps = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l.capture().take().ok_or(Error::MissingGradient { layer: i, what: "pre-activation" }));
         Ok(Some(taps.collect::<Result<Vec<_>>>()?))
     }
 
@@ -222,7 +224,9 @@ impl<T: Scalar> Kfac<T> {
             .zip(taps)
             .enumerate()
             .map(|(i, (l, tap))| {
-                let g = store.get(tap.eps.as_tensor()).ok_or(Error::MissingGradient { layer: i, what: "pre-activation" })?;
+                let g = store
+                    .get(tap.eps.as_tensor())
+                    .ok_or(Error::MissingGradient { layer: i, what: "pre-activation" })?;
                 l.statistics(tap, g, n_stats).map_err(|e| in_layer(e, i))
             })
             .collect()
@@ -263,7 +267,11 @@ impl<T: Scalar> Kfac<T> {
     }
 
     fn write(&self, theta: &[Array2<T>]) -> Result<()> {
-        self.layers.iter().zip(theta).enumerate().try_for_each(|(i, (l, w))| l.write(w.view()).map_err(|e| in_layer(e, i)))
+        self.layers
+            .iter()
+            .zip(theta)
+            .enumerate()
+            .try_for_each(|(i, (l, w))| l.write(w.view()).map_err(|e| in_layer(e, i)))
     }
 }
 

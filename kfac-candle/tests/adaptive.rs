@@ -46,7 +46,11 @@ fn run(config: KfacConfig, loss: Loss) {
         for (name, a, b) in pairs.into_iter().chain(rho) {
             let e = close(a, b);
             worst = worst.max(e);
-            assert!(e <= 1e-6, "{:?} {loss:?} step {step} {name}: exact {a} vs candle {b} ({e:e})", config.curvature.block);
+            assert!(
+                e <= 1e-6,
+                "{:?} {loss:?} step {step} {name}: exact {a} vs candle {b} ({e:e})",
+                config.curvature.block
+            );
         }
         assert!(ac.rho.is_some(), "reject is on: rho is measured at every step");
     }

@@ -93,7 +93,8 @@ impl<T: Both> Net<T> {
                 for (y, xo) in (0..ho).flat_map(|y| (0..wo).map(move |xo| (y, xo))) {
                     let uv = u[[e, o, y, xo]].to_f64_exact();
                     out[[o, c_in * kh * kw]] += uv;
-                    for (c, i, j) in (0..c_in).flat_map(|c| (0..kh).flat_map(move |i| (0..kw).map(move |j| (c, i, j)))) {
+                    for (c, i, j) in (0..c_in).flat_map(|c| (0..kh).flat_map(move |i| (0..kw).map(move |j| (c, i, j))))
+                    {
                         let (r, q) = (y * g.stride.0 + i, xo * g.stride.1 + j);
                         let (Some(r), Some(q)) = (r.checked_sub(g.padding.0), q.checked_sub(g.padding.1)) else {
                             continue;
@@ -110,7 +111,13 @@ impl<T: Both> Net<T> {
 }
 
 /// The reference step with kfac-core alone; returns the optimizer.
-fn reference<T: Both + Scalar>(net: &mut Net<T>, x: &Array4<T>, t: &Array2<T>, opt: &mut KfacOptimizer<T>, rng: &mut Rng) {
+fn reference<T: Both + Scalar>(
+    net: &mut Net<T>,
+    x: &Array4<T>,
+    t: &Array2<T>,
+    opt: &mut KfacOptimizer<T>,
+    rng: &mut Rng,
+) {
     let loss = Loss::SoftmaxCrossEntropy;
     let (z, flat, logits) = net.forward(x.view());
     let g = loss.grad(logits.view(), t.view()).unwrap();
@@ -143,7 +150,9 @@ fn reference<T: Both + Scalar>(net: &mut Net<T>, x: &Array4<T>, t: &Array2<T>, o
 /// The same network in candle.
 fn candle_net<T: Both>(net: &Net<T>) -> (KfacConv2d, KfacLinear) {
     let p = net.geometry.patch_len();
-    let var = |a: ArrayView2<'_, T>, dims: &[usize]| Var::from_vec(a.iter().copied().collect::<Vec<_>>(), dims, &Device::Cpu).unwrap();
+    let var = |a: ArrayView2<'_, T>, dims: &[usize]| {
+        Var::from_vec(a.iter().copied().collect::<Vec<_>>(), dims, &Device::Cpu).unwrap()
+    };
     let w = var(net.conv.slice(s![.., ..p]), &[3, 2, 3, 3]);
     let b = var(net.conv.slice(s![.., p..]), &[3]);
     let config = Conv2dConfig { padding: net.geometry.padding.0, stride: net.geometry.stride.0, ..Default::default() };
@@ -179,12 +188,15 @@ fn run<T: Both + Scalar>(fisher: FisherMode, mut config: KfacConfig, stride: usi
     let x = Array4::from_shape_fn((N, 2, 6, 6), |(n, c, i, j)| {
         T::from_f64_lossy(((n * 31 + c * 17 + i * 5 + j) as f64 * 0.23).sin())
     });
-    let t = Array2::from_shape_fn((N, CLASSES), |(n, k)| T::from_f64_lossy(f64::from(u8::from((n * 3) % CLASSES == k))));
+    let t =
+        Array2::from_shape_fn((N, CLASSES), |(n, k)| T::from_f64_lossy(f64::from(u8::from((n * 3) % CLASSES == k))));
     let (conv, linear) = candle_net(&net);
     let xt = Tensor::from_slice(x.as_slice().unwrap(), (N, 2, 6, 6), &Device::Cpu).unwrap();
     let tt = tensor(&t);
     let mut opt = KfacOptimizer::<T>::new(config.clone(), &net.shapes()).unwrap();
-    let mut kc = Kfac::<T>::new(config.clone(), vec![(&conv).into(), (&linear).into()], Loss::SoftmaxCrossEntropy, SEED).unwrap();
+    let mut kc =
+        Kfac::<T>::new(config.clone(), vec![(&conv).into(), (&linear).into()], Loss::SoftmaxCrossEntropy, SEED)
+            .unwrap();
     let mut rng = Rng::new(SEED);
     let case = format!("{} {fisher:?} {:?} stride {stride} padding {padding}", T::NAME, config.curvature.block);
     let rows = N * net.geometry.locations();

@@ -128,7 +128,11 @@ fn bench(quick: bool) -> Result<(), String> {
 fn test() -> Result<(), String> {
     let steps = [
         Step { name: "format", args: &["fmt", "--all", "--check"], env: &[] },
-        Step { name: "clippy", args: &["clippy", "--workspace", "--exclude", "kfac-candle", "--all-targets", "--", "-D", "warnings"], env: &[] },
+        Step {
+            name: "clippy",
+            args: &["clippy", "--workspace", "--exclude", "kfac-candle", "--all-targets", "--", "-D", "warnings"],
+            env: &[],
+        },
         Step { name: "tests (faer default)", args: &["test", "--workspace", "--exclude", "kfac-candle"], env: &[] },
         Step {
             name: "tests (kfac facade, nalgebra feature only)",

@@ -135,7 +135,9 @@ pub fn nonzero_biases<T: Real>(mlp: &mut Mlp<T>) {
 pub fn directions<T: Real>(dims: &[(usize, usize)], phase: f64) -> Vec<Array2<T>> {
     dims.iter()
         .enumerate()
-        .map(|(l, &d)| Array2::from_shape_fn(d, |(i, j)| T::from_f64_lossy(((i * 5 + j + 11 * l) as f64 * 0.91 + phase).cos())))
+        .map(|(l, &d)| {
+            Array2::from_shape_fn(d, |(i, j)| T::from_f64_lossy(((i * 5 + j + 11 * l) as f64 * 0.91 + phase).cos()))
+        })
         .collect()
 }
 
