@@ -18,7 +18,9 @@ use kfac_core::optim::{KfacConfig, KfacOptimizer, NoCurvature, StepInput};
 use kfac_core::{FisherMode, LayerBatch, LayerShape, Loss, Real, Rng};
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis, s};
 
-const N: usize = 8;
+/// With τ = 1/2, 32 statistics rows: more than the linear layer's input
+/// factor's side (28), so that EKFAC's eigenbasis is unique up to signs.
+const N: usize = 64;
 const SEED: u64 = 3;
 const CLASSES: usize = 4;
 
@@ -236,7 +238,7 @@ fn run<T: Both + Scalar>(fisher: FisherMode, mut config: KfacConfig, stride: usi
 fn all<T: Both + Scalar>() {
     for fisher in [FisherMode::True, FisherMode::Empirical] {
         for config in [KfacConfig::kfac(), KfacConfig::ekfac()] {
-            run::<T>(fisher, config.clone(), 1, 1);
+            run::<T>(fisher, config.clone(), 2, 1);
             run::<T>(fisher, config, 2, 0);
         }
     }

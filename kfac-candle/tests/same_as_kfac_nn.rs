@@ -15,7 +15,10 @@ use kfac_core::{FisherMode, Loss, Real, Rng};
 use kfac_nn::mlp::{Activation, Init, Mlp};
 use kfac_nn::optim::{Optimizer, OptimizerConfig};
 
-const N: usize = 16;
+/// With τ = 1/4, 16 statistics rows: more than the largest factor's side
+/// (8), so that no eigenvalue of a factor is degenerate (EKFAC's basis is
+/// then unique up to signs, and the scalings comparable).
+const N: usize = 64;
 const SIZES: [usize; 4] = [6, 5, 7, 4];
 const SEED: u64 = 11;
 
