@@ -139,7 +139,10 @@ impl KfacLayer {
                     [_, _] => 1,
                     [_, r, _] => *r,
                     d => {
-                        return Err(Error::Layer { layer: 0, why: format!("a Linear input must be 2-D or 3-D: {d:?}") });
+                        return Err(Error::Layer {
+                            layer: 0,
+                            why: format!("a Linear input must be 2-D or 3-D: {d:?}"),
+                        });
                     }
                 };
                 let (input, grad) = (Host::new(&tap.input)?, Host::new(eps_grad)?);
