@@ -42,6 +42,13 @@ pub struct Kfac<T: Scalar> {
     rng: Rng,
 }
 
+/// Per-layer matrices in the $[W \mid b]$ layout.
+type Layers<T> = Vec<Array2<T>>;
+
+/// kfac-core's report, the new parameters (if the step changes them), and
+/// the seconds of the model's forward passes.
+type CoreOutcome<T> = (StepReport, Option<Layers<T>>, f64);
+
 /// What a step reads from candle before kfac-core's step.
 struct Reads<T> {
     out: Array2<T>,
@@ -185,7 +192,7 @@ impl<T: Scalar> Kfac<T> {
         Ok(Reads { out, targets, value })
     }
 
-    fn params_and_grads(&self, data: &GradStore) -> Result<(Vec<Array2<T>>, Vec<Array2<T>>)> {
+    fn params_and_grads(&self, data: &GradStore) -> Result<(Layers<T>, Layers<T>)> {
         let grads = self.layers.iter().enumerate().map(|(i, l)| l.grads::<T>(i, data)).collect::<Result<Vec<_>>>()?;
         let theta = self.layers.iter().map(KfacLayer::params::<T>).collect::<Result<Vec<_>>>()?;
         Ok((grads, theta))
@@ -243,7 +250,7 @@ impl<T: Scalar> Kfac<T> {
         params: &'a [ArrayView2<'a, T>],
         batches: Option<&'a [LayerBatch<'a, T>]>,
         forward: &mut F,
-    ) -> Result<(StepReport, Option<Vec<Array2<T>>>, f64)>
+    ) -> Result<CoreOutcome<T>>
     where
         F: FnMut(&Tensor) -> candle_core::Result<Tensor>,
     {
