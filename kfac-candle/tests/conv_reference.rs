@@ -79,7 +79,7 @@ impl<T: Both> Net<T> {
         let z4 = rows_to_nchw(z.view(), N, self.geometry.output()).unwrap();
         ndarray::Zip::from(&mut u).and(&z4.slice(s![..n, .., .., ..])).for_each(|u, &z| {
             let h = z.tanh();
-            *u = *u * (T::one() - h * h);
+            *u *= T::one() - h * h;
         });
         u
     }

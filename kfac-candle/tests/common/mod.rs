@@ -112,7 +112,7 @@ pub fn batch<T: Real>(n: usize, d_in: usize, d_out: usize, loss: Loss, seed: usi
     let t = Array2::from_shape_fn((n, d_out), |(i, k)| {
         let v = match loss {
             Loss::SoftmaxCrossEntropy => f64::from(u8::from((i * 5 + seed) % d_out == k)),
-            Loss::SigmoidCrossEntropy => f64::from(u8::from((i + 2 * k + seed) % 3 == 0)),
+            Loss::SigmoidCrossEntropy => f64::from(u8::from((i + 2 * k + seed).is_multiple_of(3))),
             Loss::SquaredError => ((i * 3 + k + seed) as f64 * 0.71).cos(),
         };
         T::from_f64_lossy(v)
