@@ -8,15 +8,16 @@
 //! step changes nothing.
 
 use kfac::optim::StepReport;
-use kfac::optim::guards::finite;
 use kfac::{LinAlg, NonFinitePolicy};
 use ndarray::{Array2, ArrayView2, Zip};
 
-use super::{add_l2, check_real, refuse};
+use std::ops::ControlFlow;
+
+use super::{check_real, first_order_gradient, refuse};
 use crate::backend::Scalar;
 use crate::error::Result;
 use crate::loss::Loss;
-use crate::mlp::{Mlp, NoHook};
+use crate::mlp::Mlp;
 
 /// The knobs of Adam.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -77,17 +78,11 @@ impl<T: Scalar> Adam<T> {
         loss: Loss,
     ) -> Result<StepReport> {
         let policy = self.config.on_non_finite;
-        let fwd = mlp.forward(la, x, &mut NoHook)?;
-        let value = loss.value(fwd.output(), t)?;
-        if !value.is_finite() {
-            return refuse(policy, &mut self.skipped_steps, value, "the loss");
-        }
-        let g_out = loss.grad(fwd.output(), t)?;
-        let mut grads = mlp.backward(la, &fwd, g_out.view(), true, &mut NoHook)?;
-        add_l2(&mut grads, mlp, self.config.l2);
-        if !finite(&grads) {
-            return refuse(policy, &mut self.skipped_steps, value, "the gradient");
-        }
+        let (value, grads) =
+            match first_order_gradient(la, mlp, x, t, loss, self.config.l2, policy, &mut self.skipped_steps)? {
+                ControlFlow::Continue(checked) => checked,
+                ControlFlow::Break(report) => return Ok(report),
+            };
         let Some(next) = self.t.checked_add(1) else {
             return refuse(policy, &mut self.skipped_steps, value, "Adam's step counter");
         };

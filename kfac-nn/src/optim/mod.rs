@@ -394,6 +394,39 @@ fn add_l2<T: Scalar>(grads: &mut [Array2<T>], mlp: &Mlp<T>, l2: f64) {
     }
 }
 
+/// A first-order step's start: the checked loss and gradient, or the
+/// report of the refused step.
+type FirstOrder<T> = std::ops::ControlFlow<Report, (f64, Vec<Array2<T>>)>;
+
+/// What a first-order step starts from: the batch loss and the gradient of
+/// the loss plus the $\ell_2$ term, both checked to be finite. `Break` holds
+/// the report of a refused step ([`refuse`]) when one of them is not.
+#[allow(clippy::too_many_arguments)]
+fn first_order_gradient<T: Scalar>(
+    la: &dyn LinAlg<T>,
+    mlp: &Mlp<T>,
+    x: ArrayView2<'_, T>,
+    t: ArrayView2<'_, T>,
+    loss: Loss,
+    l2: f64,
+    policy: NonFinitePolicy,
+    skipped: &mut usize,
+) -> Result<FirstOrder<T>> {
+    use std::ops::ControlFlow::{Break, Continue};
+    let fwd = mlp.forward(la, x, &mut crate::mlp::NoHook)?;
+    let value = loss.value(fwd.output(), t)?;
+    if !value.is_finite() {
+        return refuse(policy, skipped, value, "the loss").map(Break);
+    }
+    let g_out = loss.grad(fwd.output(), t)?;
+    let mut grads = mlp.backward(la, &fwd, g_out.view(), true, &mut crate::mlp::NoHook)?;
+    add_l2(&mut grads, mlp, l2);
+    if !::kfac::optim::guards::finite(&grads) {
+        return refuse(policy, skipped, value, "the gradient").map(Break);
+    }
+    Ok(Continue((value, grads)))
+}
+
 /// A step that changes nothing because `what` is not finite: counted and
 /// reported ([`NonFinitePolicy::Skip`]) or an error.
 fn refuse(policy: NonFinitePolicy, skipped: &mut usize, loss: f64, what: &'static str) -> Result<Report> {
