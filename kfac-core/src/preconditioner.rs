@@ -398,6 +398,13 @@ impl<T: Real> Preconditioner<T> {
                 }
             }
         }
+        Ok(self.finish_update(&take, report))
+    }
+
+    /// Ends an update: the layers whose statistics were not taken
+    /// (`take[l]` false) are counted as skipped and named in `report`, and
+    /// the step counter advances.
+    fn finish_update(&mut self, take: &[bool], mut report: UpdateReport) -> UpdateReport {
         for (l, &t) in take.iter().enumerate() {
             if !t {
                 self.skipped[l] += 1;
@@ -405,7 +412,7 @@ impl<T: Real> Preconditioner<T> {
             }
         }
         self.step += 1;
-        Ok(report)
+        report
     }
 
     /// [`update`](Self::update) for [`Structure::Tridiagonal`]: the chain's

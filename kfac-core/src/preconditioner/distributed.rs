@@ -83,7 +83,7 @@ impl<T: Real> Preconditioner<T> {
             .zip(&take)
             .map(|(b, &took)| (refresh_due || !b.is_ready()) && (took || b.is_ready()))
             .collect();
-        let mut report = UpdateReport { refreshed: flags.iter().any(|&f| f), ..UpdateReport::default() };
+        let report = UpdateReport { refreshed: flags.iter().any(|&f| f), ..UpdateReport::default() };
         self.refresh_owned(la, &flags, damping, reducer)?;
         for block in self.blocks.iter_mut().filter(|b| b.is_ready()) {
             if block.damping() != Some(damping) {
@@ -93,14 +93,7 @@ impl<T: Real> Preconditioner<T> {
         if let (true, Some(p)) = (scalings_due, parts) {
             self.reduce_stage(la, p, &mut take, decay, reducer, Stage::Scalings)?;
         }
-        for (l, &t) in take.iter().enumerate() {
-            if !t {
-                self.skipped[l] += 1;
-                report.skipped.push(l);
-            }
-        }
-        self.step += 1;
-        Ok(report)
+        Ok(self.finish_update(&take, report))
     }
 
     fn check_parts<'p, 'b>(
