@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::backend::Backend;
+use crate::distributed::DataParallel;
 use crate::mlp::Parallelism;
 use crate::optim::{CurvatureProducts, OptimizerConfig, Sharing};
 
@@ -72,6 +73,11 @@ pub struct TrainConfig {
     /// Not used by the dense layers or the other optimizers.
     #[serde(default)]
     pub sharing: Sharing,
+    /// Data-parallel training: the fixed parts of every batch and how
+    /// their sums are combined ([`crate::distributed`]). `None`: the
+    /// whole batch in one process, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_parallel: Option<DataParallel>,
 }
 
 impl TrainConfig {
@@ -99,6 +105,7 @@ impl TrainConfig {
             precision: "f32".into(),
             curvature_products: CurvatureProducts::default(),
             sharing: Sharing::default(),
+            data_parallel: None,
         }
     }
 }

@@ -45,6 +45,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod curvature;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod fs;
 pub mod layers;

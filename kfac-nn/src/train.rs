@@ -8,11 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kfac::comm::{Communicator, SingleProcess, check_agreement};
 use ndarray::Array2;
 
 use crate::backend::Scalar;
 use crate::checkpoint::{self, RunState};
 use crate::data::{self, Batches, Dataset};
+use crate::distributed::Parallel;
 use crate::error::{Error, Result};
 use crate::layers::{ConvSpec, Pool2d};
 use crate::loss::Loss;
@@ -241,6 +243,37 @@ pub fn train_with<T: Scalar>(
     options: &RunOptions,
     progress: &mut dyn FnMut(&StepRecord),
 ) -> Result<Metrics> {
+    let metrics = train_on::<T>(config, task, options, &SingleProcess, progress)?;
+    metrics.ok_or_else(|| Error::Config {
+        what: "rank",
+        value: "0".into(),
+        why: "one process is rank 0 and returns its metrics".into(),
+    })
+}
+
+/// Trains `task` as `config` says on every rank of `comm` (see
+/// [`crate::distributed`]), with checkpoints as `options` says; `progress`
+/// sees each step on every rank. Every rank calls it alike; rank 0 alone
+/// evaluates, writes the checkpoints and returns the metrics (`None` on
+/// the other ranks). On one process ([`SingleProcess`]) it is
+/// [`train_with`].
+///
+/// # Errors
+///
+/// Those of [`train_with`]; [`Error::Config`] for more than one rank
+/// without [`TrainConfig::data_parallel`], and for parts that do not fit
+/// the batch or the ranks; [`Error::Core`] when the ranks' configurations
+/// or data differ (naming the first rank that differs), or from the
+/// transport. An error on one rank does not stop the others: end the job.
+pub fn train_on<T: Scalar>(
+    config: &TrainConfig,
+    task: &Task,
+    options: &RunOptions,
+    comm: &dyn Communicator,
+    progress: &mut dyn FnMut(&StepRecord),
+) -> Result<Option<Metrics>> {
+    let parallel = parallel_setup(config, task, comm)?;
+    let root = comm.rank() == 0;
     if config.batch_size == 0 || config.eval_every == 0 || options.save_every == Some(0) {
         return Err(Error::Config {
             what: "batch_size / eval_every / save_every",
@@ -248,7 +281,7 @@ pub fn train_with<T: Scalar>(
             why: "must be positive".into(),
         });
     }
-    if let Some(path) = &options.save {
+    if let Some(path) = options.save.as_ref().filter(|_| root) {
         crate::report::check_output_file(path)?;
     }
     let la = T::backend(config.backend, config.parallelism == Parallelism::Products)?;
@@ -338,9 +371,15 @@ pub fn train_with<T: Scalar>(
     };
     for step in first..=config.steps {
         let idx = batches.next_batch();
-        let (x, t) = task.batch::<T>(&task.train, &idx);
         let start = Instant::now();
-        let report = opt.step(la, &mut mlp, x.view(), t.view(), task.loss, &mut rng).map_err(|e| match e {
+        let report = match &parallel {
+            None => {
+                let (x, t) = task.batch::<T>(&task.train, &idx);
+                opt.step(la, &mut mlp, x.view(), t.view(), task.loss, &mut rng)
+            }
+            Some(p) => p.step(la, &mut opt, &mut mlp, task, &idx, step),
+        }
+        .map_err(|e| match e {
             Error::NonFinite { what, .. } => Error::NonFinite { step, what },
             e => e,
         })?;
@@ -356,19 +395,22 @@ pub fn train_with<T: Scalar>(
         };
         progress(&rec);
         steps.push(rec);
-        if step % config.eval_every == 0 || step == config.steps {
+        if root && (step % config.eval_every == 0 || step == config.steps) {
             let (loss, accuracy) = task.evaluate(la, &mlp, &task.test)?;
             test.push(TestRecord { step, loss, accuracy });
         }
-        if let Some(path) = &options.save
+        if let Some(path) = options.save.as_ref().filter(|_| root)
             && (options.save_every.is_some_and(|k| step % k == 0) || step == config.steps)
         {
             save(path, step, &mlp, &opt, &batches, &rng, elapsed, &steps, &test)?;
         }
     }
+    if !root {
+        return Ok(None);
+    }
     let (final_loss, _) = task.evaluate(la, &mlp, &task.train)?;
     let final_test_loss = test.last().map_or(f64::NAN, |t| t.loss);
-    Ok(Metrics {
+    Ok(Some(Metrics {
         config: config.clone(),
         threads: rayon::current_num_threads(),
         steps,
@@ -380,5 +422,25 @@ pub fn train_with<T: Scalar>(
         skipped_steps: opt.skipped_steps(),
         health: opt.health(),
         resumed_from: options.resume.as_ref().map(|_| first - 1),
-    })
+    }))
+}
+
+/// The data-parallel part of a run on `comm`: `None` for one process
+/// without [`TrainConfig::data_parallel`]. Checks that every rank has the
+/// same configuration and data before the first collective of a step.
+fn parallel_setup<'c>(config: &TrainConfig, task: &Task, comm: &'c dyn Communicator) -> Result<Option<Parallel<'c>>> {
+    let Some(dp) = config.data_parallel else {
+        if comm.size() > 1 {
+            return Err(Error::Config {
+                what: "data_parallel",
+                value: "none".into(),
+                why: format!("{} ranks need data-parallel parts of their batches (`kfac train --parts`)", comm.size()),
+            });
+        }
+        return Ok(None);
+    };
+    let parallel = Parallel::new(dp, comm, config.batch_size, config.seed)?;
+    check_agreement(comm, "configuration", &serde_json::to_vec(config)?)?;
+    check_agreement(comm, "data", task.fingerprint().as_bytes())?;
+    Ok(Some(parallel))
 }

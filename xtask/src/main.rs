@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         "bench" => bench(args[1..].iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|mpi|bench [--quick]|ci>\n  test   fmt, clippy -D warnings, all tests (both backends), docs -D warnings (all crates but kfac-mpi)\n  mpi    kfac-mpi (needs Open MPI and libclang): clippy, its tests under mpirun -np 2, docs\n  bench  criterion benchmarks, the optimizer race, the fidelity study, the soak, the empirical-Fisher figures -> target/kfac-bench/\n  ci     what .ci/run calls (test, then mpi)"
+                "usage: cargo xtask <test|mpi|bench [--quick]|ci>\n  test   fmt, clippy -D warnings, all tests (both backends), docs -D warnings (all crates but kfac-mpi)\n  mpi    kfac-mpi and `kfac train` over MPI (needs Open MPI and libclang): clippy, tests under mpirun -np 2, docs\n  bench  criterion benchmarks, the optimizer race, the fidelity study, the soak, the empirical-Fisher figures -> target/kfac-bench/\n  ci     what .ci/run calls (test, then mpi)"
             );
             return if task == "help" || task == "--help" { ExitCode::SUCCESS } else { ExitCode::from(2) };
         }
@@ -151,6 +151,16 @@ fn mpi() -> Result<(), String> {
             env: &[],
         },
         Step { name: "tests (kfac-mpi, under mpirun -np 2)", args: &["test", "-p", "kfac-mpi"], env: &[] },
+        Step {
+            name: "clippy (kfac-nn with MPI)",
+            args: &["clippy", "-p", "kfac-nn", "--features", "mpi", "--all-targets", "--", "-D", "warnings"],
+            env: &[],
+        },
+        Step {
+            name: "tests (mpirun -np 2 kfac train against one process)",
+            args: &["test", "-p", "kfac-nn", "--features", "mpi", "--test", "mpi", "--", "--test-threads=1"],
+            env: &[],
+        },
         Step {
             name: "docs (kfac-mpi)",
             args: &["doc", "-p", "kfac-mpi", "--no-deps"],

@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use kfac::comm::{Communicator, Reduction, SingleProcess};
 use kfac_nn::backend::{Backend, Scalar};
+use kfac_nn::distributed::{DataParallel, launcher_ranks};
 use kfac_nn::loss::FisherMode;
 use kfac_nn::mlp::Parallelism;
 use kfac_nn::optim::{
@@ -60,6 +62,16 @@ enum Command {
         /// the run that saved it (--steps may be larger).
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// Data-parallel training: cut every batch into this many fixed
+        /// parts (K-FAC and EKFAC). Under `mpirun -np P` it must be a
+        /// multiple of P, and defaults to P; each rank computes its parts.
+        #[arg(long)]
+        parts: Option<usize>,
+        /// How the parts' sums are combined: one all-reduce (sum), or every
+        /// part in its order (ordered: the same run, bit for bit, on any
+        /// number of ranks that divides --parts).
+        #[arg(long, value_enum, default_value_t = ReductionArg::Sum)]
+        reduction: ReductionArg,
     },
     /// Train several optimizers on the same task, seed and batches; write a
     /// table (compare.json) and plots of loss against steps and seconds.
@@ -235,6 +247,7 @@ value_enum!(DampingArg { Tikhonov => DampingKind::Tikhonov, Factored => DampingK
 value_enum!(ParArg { Products => Parallelism::Products, Shards => Parallelism::Shards } -> Parallelism);
 value_enum!(NonFiniteArg { Skip => NonFinitePolicy::Skip, Error => NonFinitePolicy::Error } -> NonFinitePolicy);
 value_enum!(StructureArg { Diagonal => Structure::BlockDiagonal, Tridiagonal => Structure::Tridiagonal } -> Structure);
+value_enum!(ReductionArg { Sum => Reduction::Sum, Ordered => Reduction::Ordered } -> Reduction);
 value_enum!(ProductsArg { Exact => CurvatureProducts::Exact, FiniteDifferences => CurvatureProducts::FiniteDifferences } -> CurvatureProducts);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -410,9 +423,10 @@ fn run_one<T: Scalar>(
     config: &TrainConfig,
     task: &Task,
     options: &RunOptions,
+    comm: &dyn Communicator,
     quiet: bool,
     label: &str,
-) -> Result<Metrics> {
+) -> Result<Option<Metrics>> {
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(config.steps as u64) };
     bar.set_style(
         ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}")
@@ -420,7 +434,7 @@ fn run_one<T: Scalar>(
             .progress_chars("=> "),
     );
     bar.set_prefix(label.to_string());
-    let metrics = train::train_with::<T>(config, task, options, &mut |rec| {
+    let metrics = train::train_on::<T>(config, task, options, comm, &mut |rec| {
         bar.set_position(rec.step as u64);
         bar.set_message(format!("loss {:.4}", rec.loss));
         if let Some(what) = &rec.skipped {
@@ -431,11 +445,18 @@ fn run_one<T: Scalar>(
     metrics
 }
 
-fn dispatch(config: &TrainConfig, task: &Task, options: &RunOptions, quiet: bool, label: &str) -> Result<Metrics> {
+fn dispatch(
+    config: &TrainConfig,
+    task: &Task,
+    options: &RunOptions,
+    comm: &dyn Communicator,
+    quiet: bool,
+    label: &str,
+) -> Result<Option<Metrics>> {
     if config.precision == "f64" {
-        run_one::<f64>(config, task, options, quiet, label)
+        run_one::<f64>(config, task, options, comm, quiet, label)
     } else {
-        run_one::<f32>(config, task, options, quiet, label)
+        run_one::<f32>(config, task, options, comm, quiet, label)
     }
 }
 
@@ -482,8 +503,21 @@ fn run(cli: Cli) -> Result<()> {
         value: threads.to_string(),
         why: e.to_string(),
     })?;
-    pool.install(|| match cli.command {
-        Command::Train { common, optimizer, out, save, save_every, resume } => {
+    pool.install(|| {
+        let ranks = Ranks::start()?;
+        let result = command(cli.command, ranks.comm());
+        match result {
+            Err(e) if ranks.comm().size() > 1 => ranks.fail(&e),
+            r => r,
+        }
+    })
+}
+
+/// Runs `command` as rank `comm.rank()` of `comm.size()`.
+fn command(command: Command, comm: &dyn Communicator) -> Result<()> {
+    let root = comm.rank() == 0;
+    match command {
+        Command::Train { common, optimizer, out, save, save_every, resume, parts, reduction } => {
             if common.structure == StructureArg::Tridiagonal && optimizer != Opt::Kfac {
                 return Err(Error::Config {
                     what: "structure",
@@ -494,12 +528,20 @@ fn run(cli: Cli) -> Result<()> {
                     ),
                 });
             }
-            let config = common.config(optimizer.into())?;
-            check_train_outputs(&config, &out, save.as_deref())?;
+            let mut config = common.config(optimizer.into())?;
+            if parts.is_some() || comm.size() > 1 {
+                config.data_parallel = Some(DataParallel::new(parts.unwrap_or(comm.size()), reduction.into()));
+            }
+            if root {
+                check_train_outputs(&config, &out, save.as_deref())?;
+            }
             let task = Task::load(config.task, &config.data, config.seed)?;
             let start = Instant::now();
             let options = RunOptions { save, save_every, resume };
-            let metrics = dispatch(&config, &task, &options, common.quiet, optimizer.into_kind().name())?;
+            let quiet = common.quiet || !root;
+            let Some(metrics) = dispatch(&config, &task, &options, comm, quiet, optimizer.into_kind().name())? else {
+                return Ok(());
+            };
             if metrics.skipped_steps > 0 {
                 warn!("warning: {} steps were skipped (non-finite numbers); see metrics.json", metrics.skipped_steps);
             }
@@ -513,6 +555,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Compare { common, optimizers, out } => {
+            if comm.size() > 1 {
+                return Err(Error::Config {
+                    what: "compare",
+                    value: format!("{} ranks", comm.size()),
+                    why: "`kfac compare` runs in one process; train data-parallel with `kfac train`".into(),
+                });
+            }
             if optimizers.is_empty() {
                 return Err(Error::Config {
                     what: "optimizers",
@@ -529,7 +578,13 @@ fn run(cli: Cli) -> Result<()> {
             let mut runs = Vec::new();
             for opt in &optimizers {
                 let config = common.config((*opt).into())?;
-                let metrics = dispatch(&config, &task, &RunOptions::default(), common.quiet, opt.into_kind().name())?;
+                let metrics =
+                    dispatch(&config, &task, &RunOptions::default(), comm, common.quiet, opt.into_kind().name())?
+                        .ok_or_else(|| Error::Config {
+                            what: "compare",
+                            value: "rank".into(),
+                            why: "one process is rank 0".into(),
+                        })?;
                 report::write_run(&out.join(opt.into_kind().name()), &metrics)?;
                 say!("{}", summary(&metrics));
                 runs.push(metrics);
@@ -542,7 +597,64 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-    })
+    }
+}
+
+/// The processes of the run: this one alone, or the ranks of an MPI job.
+enum Ranks {
+    One(SingleProcess),
+    #[cfg(feature = "mpi")]
+    Mpi(kfac_mpi::MpiCommunicator),
+}
+
+impl Ranks {
+    /// MPI when an MPI launcher started this process (and this `kfac` was
+    /// built with it), one process otherwise.
+    fn start() -> Result<Self> {
+        let Some(launched) = launcher_ranks() else { return Ok(Self::One(SingleProcess)) };
+        #[cfg(feature = "mpi")]
+        {
+            let _ = launched;
+            let comm = kfac_mpi::MpiCommunicator::new().map_err(|e| Error::Config {
+                what: "mpi",
+                value: "MPI_Init_thread".into(),
+                why: e.to_string(),
+            })?;
+            Ok(Self::Mpi(comm))
+        }
+        #[cfg(not(feature = "mpi"))]
+        if launched > 1 {
+            Err(Error::Config {
+                what: "mpirun",
+                value: format!("{launched} ranks"),
+                why: "this kfac was built without MPI, so every rank would train alone and write the same files; \
+                      build it with `cargo build --release -p kfac-nn --features mpi`"
+                    .into(),
+            })
+        } else {
+            Ok(Self::One(SingleProcess))
+        }
+    }
+
+    fn comm(&self) -> &dyn Communicator {
+        match self {
+            Self::One(c) => c,
+            #[cfg(feature = "mpi")]
+            Self::Mpi(c) => c,
+        }
+    }
+
+    /// Ends every rank of the job after an error on this one: returning
+    /// would leave the others waiting in their next collective.
+    fn fail(&self, e: &Error) -> Result<()> {
+        warn!("rank {}: {}", self.comm().rank(), error_line(e));
+        report::remove_temporaries();
+        match self {
+            #[cfg(feature = "mpi")]
+            Self::Mpi(c) => c.abort(1),
+            Self::One(_) => Ok(()),
+        }
+    }
 }
 
 /// The most worker threads per available core (`--threads`).
@@ -598,18 +710,22 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the message, and any cause it does not already say.
-            let mut line = format!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                let cause = s.to_string();
-                if !line.contains(&cause) {
-                    line.push_str(&format!(": {cause}"));
-                }
-                source = s.source();
-            }
-            warn!("{}", line.replace('\n', " "));
+            warn!("{}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line: the message, and any cause it does not already say.
+fn error_line(e: &Error) -> String {
+    let mut line = format!("error: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !line.contains(&cause) {
+            line.push_str(&format!(": {cause}"));
+        }
+        source = s.source();
+    }
+    line.replace('\n', " ")
 }

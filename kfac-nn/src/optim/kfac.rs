@@ -29,12 +29,14 @@ pub(crate) struct Kfac<T: Scalar> {
     pub core: KfacOptimizer<T>,
     pub products: CurvatureProducts,
     pub scratch: Option<Mlp<T>>,
+    /// The scratch networks of a data-parallel step's parts, one per part.
+    pub part_scratch: Vec<Option<Mlp<T>>>,
     pub sharing: Sharing,
 }
 
 /// A core error that says a step was refused becomes kfac-nn's
 /// [`Error::NonFinite`] (the training loop fills in the step).
-fn refused(e: Error) -> Error {
+pub(super) fn refused(e: Error) -> Error {
     match e {
         Error::Core(kfac::Error::NonFinite { block, what }) if block == "optimizer" => {
             Error::NonFinite { step: 0, what }
@@ -58,7 +60,7 @@ impl<T: Scalar> Kfac<T> {
             });
         }
         let core = KfacOptimizer::new(config, &mlp.shapes())?;
-        Ok(Self { core, products, scratch: None, sharing: Sharing::default() })
+        Ok(Self { core, products, scratch: None, part_scratch: Vec::new(), sharing: Sharing::default() })
     }
 
     pub fn step(
@@ -76,17 +78,7 @@ impl<T: Scalar> Kfac<T> {
             return self.core.skip(value, "the loss").map_err(|e| refused(e.into()));
         }
         let (grads, recorder) = self.gradients(la, mlp, &fwd, t, loss, rng)?;
-        let n_stats = self.core.config().curvature.statistics_rows(x.nrows());
-        let mut batches: Vec<LayerBatch<'_, T>> = Vec::with_capacity(recorder.grads.len());
-        for (l, g) in recorder.grads.iter().enumerate() {
-            let Some(g) = g else { continue };
-            batches.push(match mlp.layers[l].positions() {
-                1 => LayerBatch::new(fwd.acts[l].slice(s![..n_stats, ..]), g.view()),
-                // A convolution: its patches and location gradients, R = |T|.
-                r => LayerBatch::shared(fwd.statistics_input(l).slice_move(s![..n_stats * r, ..]), g.view(), r)
-                    .with_sharing(self.sharing),
-            });
-        }
+        let batches = self.statistics_batches(mlp, &fwd, &recorder, x.nrows());
         let params: Vec<ArrayView2<'_, T>> = mlp.layers.iter().map(|l| l.w.view()).collect();
         let statistics = (!batches.is_empty()).then_some(&batches[..]);
         let input = StepInput { params: &params, grads, loss: value, statistics };
@@ -106,11 +98,36 @@ impl<T: Scalar> Kfac<T> {
         Ok(step.into_report())
     }
 
+    /// The layers' statistics batches of a batch of `rows` examples: their
+    /// inputs (a convolution's patches, $R = |T|$ rows per example) and the
+    /// recorded pre-activation gradients, on the first
+    /// $\lceil \tau\,\text{rows} \rceil$ examples. Empty when the recorder is.
+    pub(super) fn statistics_batches<'a>(
+        &self,
+        mlp: &Mlp<T>,
+        fwd: &'a Forward<T>,
+        recorder: &'a GradRecorder<T>,
+        rows: usize,
+    ) -> Vec<LayerBatch<'a, T>> {
+        let n_stats = self.core.config().curvature.statistics_rows(rows);
+        let mut batches: Vec<LayerBatch<'a, T>> = Vec::with_capacity(recorder.grads.len());
+        for (l, g) in recorder.grads.iter().enumerate() {
+            let Some(g) = g else { continue };
+            batches.push(match mlp.layers[l].positions() {
+                1 => LayerBatch::new(fwd.acts[l].slice(s![..n_stats, ..]), g.view()),
+                // A convolution: its patches and location gradients, R = |T|.
+                r => LayerBatch::shared(fwd.statistics_input(l).slice_move(s![..n_stats * r, ..]), g.view(), r)
+                    .with_sharing(self.sharing),
+            });
+        }
+        batches
+    }
+
     /// The data gradient, and the layers' statistics gradients when the
     /// statistics are due (an empty recorder otherwise). A non-finite
     /// gradient is refused by the core before it reads any statistic, so the
     /// sampling pass (which draws from `rng`) is not run for it.
-    fn gradients(
+    pub(super) fn gradients(
         &self,
         la: &dyn LinAlg<T>,
         mlp: &Mlp<T>,

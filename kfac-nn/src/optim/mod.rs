@@ -25,10 +25,12 @@
 mod adam;
 mod kfac;
 mod model;
+mod parallel;
 mod sgd;
 
 pub use self::adam::AdamConfig;
 pub use self::model::CurvatureProducts;
+pub use self::parallel::Part;
 pub use self::sgd::SgdConfig;
 pub use ::kfac::optim::{
     AdaptiveConfig, AdaptiveRecord, CurvatureConfig, FixedRule, KfacConfig, KfacState, StepReport, UpdateRule,
@@ -50,6 +52,10 @@ pub use ::kfac::{BlockKind, DampingKind, KfacMethod, NonFinitePolicy, PiRule, Sh
 pub const TRIDIAGONAL_CONVOLUTIONS: &str = "block-tridiagonal K-FAC needs one row per example in every layer, and a \
      convolution has one per example and output location: its cross-layer factors have no per-position form across \
      layers with different numbers of positions; use --structure diagonal (block-diagonal K-FAC) with the cnn task";
+
+/// Why SGD and Adam refuse data-parallel training.
+pub const DATA_PARALLEL_OPTIMIZERS: &str =
+    "data-parallel training (--parts, mpirun) is implemented for kfac and ekfac; run sgd and adam in one process";
 
 use ::kfac::optim::StepReport as Report;
 use ::kfac::{LinAlg, Preconditioner};
@@ -314,6 +320,31 @@ impl<T: Scalar> Optimizer<T> {
             State::Sgd(s) => s.step(la, mlp, x, t, loss),
             State::Adam(a) => a.step(la, mlp, x, t, loss),
             State::Kfac(k) => k.step(la, mlp, x, t, loss, rng),
+        }
+    }
+
+    /// One data-parallel step on this rank's `parts` of the global batch
+    /// (see [`crate::distributed`]); K-FAC and EKFAC only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for SGD and Adam; those of [`step`](Self::step);
+    /// [`Error::Core`] from the transport.
+    pub fn step_parts(
+        &mut self,
+        la: &dyn LinAlg<T>,
+        mlp: &mut Mlp<T>,
+        parts: &mut [Part<'_, T>],
+        loss: Loss,
+        reducer: &::kfac::comm::Reducer<'_>,
+    ) -> Result<Report> {
+        match &mut self.state {
+            State::Kfac(k) => k.step_parts(la, mlp, parts, loss, reducer),
+            _ => Err(Error::Config {
+                what: "optimizer",
+                value: self.config.name().into(),
+                why: DATA_PARALLEL_OPTIMIZERS.into(),
+            }),
         }
     }
 
