@@ -132,7 +132,7 @@ impl<'c> Reducer<'c> {
                     }
                     None => None,
                 };
-                let mut acc = fold(parts.iter().map(Vec::as_slice), weights.as_deref(), n);
+                let mut acc = fold_owned(parts, weights.as_deref());
                 T::all_reduce_sum(self.comm, &mut acc)?;
                 Ok(acc)
             }
@@ -163,6 +163,25 @@ fn weights(counts: &[f64], total: f64) -> Result<Vec<f64>> {
         return Err(Error::Communication { what: format!("a mean over {total} examples") });
     }
     Ok(counts.iter().map(|&c| c / total).collect())
+}
+
+/// [`fold`] of parts it owns: the sum is accumulated in the first part
+/// (the same operations in the same order, so the same bits, without
+/// copying the first part).
+fn fold_owned<T: Real>(parts: Vec<Vec<T>>, weights: Option<&[f64]>) -> Vec<T> {
+    let mut parts = parts.into_iter();
+    let Some(mut acc) = parts.next() else { return Vec::new() };
+    if let Some(w) = weights {
+        let w0 = T::from_f64_lossy(w[0]);
+        acc.iter_mut().for_each(|a| *a = w0 * *a);
+    }
+    for (p, part) in parts.enumerate() {
+        match weights.map(|w| T::from_f64_lossy(w[p + 1])) {
+            None => acc.iter_mut().zip(&part).for_each(|(a, &x)| *a += x),
+            Some(w) => acc.iter_mut().zip(&part).for_each(|(a, &x)| *a += w * x),
+        }
+    }
+    acc
 }
 
 /// $\sum_p w_p v_p$ (or $\sum_p v_p$), one part after the other in the

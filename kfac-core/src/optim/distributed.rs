@@ -110,7 +110,14 @@ pub(super) fn fisher_trace<T: Real>(
 
 /// The layers' matrices one after the other (row-major each).
 fn pack<T: Real>(layers: &[Array2<T>]) -> Vec<T> {
-    layers.iter().flat_map(|a| a.iter().copied()).collect()
+    let mut flat = Vec::with_capacity(layers.iter().map(Array2::len).sum());
+    for a in layers {
+        match a.as_slice() {
+            Some(s) => flat.extend_from_slice(s),
+            None => flat.extend(a.iter().copied()),
+        }
+    }
+    flat
 }
 
 /// The inverse of [`pack`] for layers of the given shapes.

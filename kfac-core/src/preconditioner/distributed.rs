@@ -164,8 +164,15 @@ impl<T: Real> Preconditioner<T> {
             .collect();
         let mut sums = Vec::with_capacity(parts.len());
         let mut counts = Vec::new();
+        // The packed length, known before the first part: one allocation
+        // per part instead of a chain of growths (measured: the growths'
+        // fresh pages were a fifth of a data-parallel step's time).
+        let len: usize = selected
+            .iter()
+            .map(|&l| averages(self.blocks[l].as_mut(), stage).iter().map(|a| a.pending().len()).sum::<usize>())
+            .sum();
         for part in parts {
-            let mut packed = Vec::new();
+            let mut packed = Vec::with_capacity(len);
             for &l in &selected {
                 let block = &mut self.blocks[l];
                 match stage {
@@ -178,7 +185,10 @@ impl<T: Real> Preconditioner<T> {
                     return Err(Error::Communication { what: format!("{name}: a block without reducible statistics") });
                 }
                 for avg in averages {
-                    packed.extend(avg.pending().iter().copied());
+                    match avg.pending().as_slice() {
+                        Some(flat) => packed.extend_from_slice(flat),
+                        None => packed.extend(avg.pending().iter().copied()),
+                    }
                     counts.push(avg.pending_count());
                     avg.discard_pending();
                 }
