@@ -7,7 +7,8 @@
 //! kfac-core's optimizer as `LayerBatch::shared` (per-example rows). The
 //! factors, EKFAC's scalings, the update and the preconditioned gradient
 //! agree, with both Fishers, in f64 and f32 (tolerances as in
-//! `same_as_kfac_nn.rs`, with the sums over the $NR$ patch rows).
+//! `same_as_kfac_nn.rs`, with the sums over the $NR$ patch rows), at both
+//! of the two steps, EKFAC included.
 
 mod common;
 
@@ -188,9 +189,15 @@ fn run<T: Both + Scalar>(fisher: FisherMode, mut config: KfacConfig, stride: usi
     config.curvature.fisher = fisher;
     config.curvature.stats_fraction = 1.0;
     let mut net = Net::<T>::new(stride, padding);
-    let x = Array4::from_shape_fn((N, 2, 6, 6), |(n, c, i, j)| {
-        T::from_f64_lossy(((n * 31 + c * 17 + i * 5 + j) as f64 * 0.23).sin())
-    });
+    // Pseudo-random inputs. Inputs such as sin(0.23 (31n + 17c + 5i + j)),
+    // linear in every index inside the sine, put every patch in the span of
+    // two vectors (sin(u + v) = sin u cos v + cos u sin v): the conv layer's
+    // A then has rank 3 of 19, EKFAC's eigenbasis is arbitrary in its null
+    // space, and the second step's scalings, estimated in that basis on
+    // changed inputs, differed from the reference by 4e-6 relative (f64)
+    // for that reason alone.
+    let mut draw = Rng::new(SEED ^ 0x1A7E);
+    let x = Array4::from_shape_fn((N, 2, 6, 6), |_| T::from_f64_lossy(draw.normal()));
     let t =
         Array2::from_shape_fn((N, CLASSES), |(n, k)| T::from_f64_lossy(f64::from(u8::from((n * 3) % CLASSES == k))));
     let (conv, linear) = candle_net(&net);
@@ -211,15 +218,6 @@ fn run<T: Both + Scalar>(fisher: FisherMode, mut config: KfacConfig, stride: usi
         assert!(outcome.report.skipped.is_none(), "{case}: {:?}", outcome.report);
         let (sr, sc) = (opt.preconditioner().state(), kc.core().preconditioner().state());
         let ekfac = sr.blocks[0].tensors.contains_key("S");
-        // OPEN (reported to the lead): at EKFAC's second step the linear
-        // layer's scalings S differ from this reference by about 4e-6
-        // relative in f64, and the update by 3e-9 (everything at the first
-        // step, and K-FAC at both, agree to 1e-12; the MLP test against
-        // kfac-nn agrees at both steps). EKFAC is checked at its first step
-        // only until that is understood.
-        if ekfac && step > 0 {
-            break;
-        }
         let names: &[&str] = if ekfac { &["A", "B", "S", "sa", "sb"] } else { &["A", "B"] };
         let tol = tolerance::<T>(rows, widest, 1.0);
         for (l, (a, b)) in sc.blocks.iter().zip(&sr.blocks).enumerate() {
