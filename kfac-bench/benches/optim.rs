@@ -11,6 +11,11 @@
 //! the measured mean; the race (`kfac-bench race`) reports the same ratio
 //! amortised over a whole run.
 //!
+//! `cnn-step/<optimizer>`: one step of each optimizer on the CNN task
+//! (conv 5×5 ×16, max pool, conv 5×5 ×32, max pool, dense 10; batch 256 of
+//! the embedded MNIST subset, f32, faer, the optimizers' defaults, K-FAC's
+//! convolutions by KFC).
+//!
 //! Run: `cargo bench -p kfac-bench --bench optim`.
 
 use std::hint::black_box;
@@ -67,5 +72,35 @@ fn step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, step);
+fn cnn_step(c: &mut Criterion) {
+    let task = Task::load(TaskKind::Cnn, &kfac_nn::train::DataSource::Mnist5k, 0).unwrap();
+    let idx: Vec<usize> = (0..256).collect();
+    let (x, t) = task.batch::<f32>(&task.train, &idx);
+    let la = f32::backend(Backend::Faer, true).unwrap();
+    let mut g = c.benchmark_group("cnn-step");
+    g.sample_size(20);
+    let adaptive = |kind| {
+        let mut o = OptimizerConfig::defaults(kind);
+        o.kfac_mut().unwrap().rule = UpdateRule::Adaptive(AdaptiveConfig::default());
+        o
+    };
+    for (name, config) in [
+        ("sgd", OptimizerConfig::defaults(OptimizerKind::Sgd)),
+        ("adam", OptimizerConfig::defaults(OptimizerKind::Adam)),
+        ("kfac", OptimizerConfig::defaults(OptimizerKind::Kfac)),
+        ("ekfac", OptimizerConfig::defaults(OptimizerKind::Ekfac)),
+        ("kfac-adaptive", adaptive(OptimizerKind::Kfac)),
+        ("ekfac-adaptive", adaptive(OptimizerKind::Ekfac)),
+    ] {
+        let mut mlp = task.network::<f32>(0).unwrap();
+        let mut opt = Optimizer::new(config, &mlp).unwrap();
+        let mut rng = Rng::new(0);
+        g.bench_function(BenchmarkId::new(name, "cnn-256"), |b| {
+            b.iter(|| black_box(opt.step(&*la, &mut mlp, x.view(), t.view(), task.loss, &mut rng).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, step, cnn_step);
 criterion_main!(benches);
