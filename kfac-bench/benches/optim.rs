@@ -14,7 +14,8 @@
 //! `cnn-step/<optimizer>`: one step of each optimizer on the CNN task
 //! (conv 5×5 ×16, max pool, conv 5×5 ×32, max pool, dense 10; batch 256 of
 //! the embedded MNIST subset, f32, faer, the optimizers' defaults, K-FAC's
-//! convolutions by KFC).
+//! convolutions by KFC; `kfac-reduce`: K-FAC with the convolutions by
+//! K-FAC-reduce).
 //!
 //! Run: `cargo bench -p kfac-bench --bench optim`.
 
@@ -23,7 +24,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kfac_nn::backend::{Backend, Scalar};
 use kfac_nn::optim::{
-    AdaptiveConfig, CurvatureProducts, Optimizer, OptimizerConfig, OptimizerKind, Structure, UpdateRule,
+    AdaptiveConfig, CurvatureProducts, Optimizer, OptimizerConfig, OptimizerKind, Sharing, Structure, UpdateRule,
 };
 use kfac_nn::rng::Rng;
 use kfac_nn::train::{Task, TaskKind};
@@ -84,16 +85,18 @@ fn cnn_step(c: &mut Criterion) {
         o.kfac_mut().unwrap().rule = UpdateRule::Adaptive(AdaptiveConfig::default());
         o
     };
-    for (name, config) in [
-        ("sgd", OptimizerConfig::defaults(OptimizerKind::Sgd)),
-        ("adam", OptimizerConfig::defaults(OptimizerKind::Adam)),
-        ("kfac", OptimizerConfig::defaults(OptimizerKind::Kfac)),
-        ("ekfac", OptimizerConfig::defaults(OptimizerKind::Ekfac)),
-        ("kfac-adaptive", adaptive(OptimizerKind::Kfac)),
-        ("ekfac-adaptive", adaptive(OptimizerKind::Ekfac)),
+    let (expand, reduce) = (Sharing::Expand, Sharing::Reduce);
+    for (name, config, sharing) in [
+        ("sgd", OptimizerConfig::defaults(OptimizerKind::Sgd), expand),
+        ("adam", OptimizerConfig::defaults(OptimizerKind::Adam), expand),
+        ("kfac", OptimizerConfig::defaults(OptimizerKind::Kfac), expand),
+        ("kfac-reduce", OptimizerConfig::defaults(OptimizerKind::Kfac), reduce),
+        ("ekfac", OptimizerConfig::defaults(OptimizerKind::Ekfac), expand),
+        ("kfac-adaptive", adaptive(OptimizerKind::Kfac), expand),
+        ("ekfac-adaptive", adaptive(OptimizerKind::Ekfac), expand),
     ] {
         let mut mlp = task.network::<f32>(0).unwrap();
-        let mut opt = Optimizer::new(config, &mlp).unwrap();
+        let mut opt = Optimizer::new(config, &mlp).unwrap().with_sharing(sharing);
         let mut rng = Rng::new(0);
         g.bench_function(BenchmarkId::new(name, "cnn-256"), |b| {
             b.iter(|| black_box(opt.step(&*la, &mut mlp, x.view(), t.view(), task.loss, &mut rng).unwrap()))

@@ -17,7 +17,7 @@
 mod common;
 
 use common::*;
-use kfac_core::conv::{Conv2dGeometry, col2im, im2col, location_rows};
+use kfac_core::conv::{Conv2dGeometry, col2im, im2col, location_rows, rows_to_nchw};
 use kfac_core::{
     BlockKind, GradScale, KfacMethod, KroneckerFactors, LayerBatch, LayerShape, LinAlg, Normalization, Real, Sharing,
 };
@@ -471,6 +471,25 @@ proptest! {
         let lhs = (&patches * &pm).sum();
         let rhs = (&x * &back).sum();
         prop_assert!((lhs - rhs).abs() < 1e-12 * (1.0 + lhs.abs()), "{} vs {}", lhs, rhs);
+    }
+
+    /// The helpers read views of any layout as their standard copies, bit
+    /// for bit (an NHWC array seen as NCHW, a transposed patch matrix), and
+    /// `rows_to_nchw` inverts `location_rows`.
+    #[test]
+    fn the_helpers_read_any_layout((g, seed, n) in geometry()) {
+        let mut rng = Lcg::new(seed);
+        let nhwc = Array4::from_shape_fn((n, g.input.0, g.input.1, g.in_channels), |_| rng.next());
+        let x = nhwc.view().permuted_axes([0, 3, 1, 2]);
+        prop_assert_eq!(im2col(&g, x).unwrap(), im2col(&g, x.as_standard_layout().view()).unwrap());
+        let pm_t = rng.matrix(g.patch_len(), n * g.locations());
+        let back = col2im(&g, pm_t.t(), n).unwrap();
+        prop_assert_eq!(back, col2im(&g, pm_t.t().as_standard_layout().view(), n).unwrap());
+        let y = Array4::from_shape_fn((n, g.out_channels, g.output().0, g.output().1), |_| rng.next());
+        let rows = location_rows(y.view());
+        prop_assert_eq!(rows_to_nchw(rows.view(), n, g.output()).unwrap(), y.clone());
+        let y_t = y.view().permuted_axes([0, 1, 3, 2]);
+        prop_assert_eq!(location_rows(y_t), location_rows(y_t.as_standard_layout().view()));
     }
 }
 

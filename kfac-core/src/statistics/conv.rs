@@ -32,7 +32,7 @@
 //! column). Rows of a patch matrix are example-major, then output location
 //! in row-major order $(y, x)$: row $n|T| + y W_\text{out} + x$.
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -157,6 +157,64 @@ impl Conv2dGeometry {
         };
         (o * s + i * d).checked_sub(p).filter(|&v| v < n)
     }
+
+    /// The kernel columns $j_0 \dots j_1$ that read inside the input for
+    /// output column `xo` (an interval, empty when $j_0 \ge j_1$).
+    fn column_taps(&self, xo: usize) -> (usize, usize) {
+        let kw = self.kernel.1;
+        let j0 = (0..kw).find(|&j| self.source(1, xo, j).is_some()).unwrap_or(kw);
+        let j1 = (j0..kw).rev().find(|&j| self.source(1, xo, j).is_some()).map_or(j0, |j| j + 1);
+        (j0, j1)
+    }
+
+    /// For every output column, its taps ([`Self::column_taps`]) and the
+    /// input column its first tap reads.
+    fn column_plan(&self) -> Vec<(usize, usize, usize)> {
+        (0..self.output().1)
+            .map(|xo| {
+                let (j0, j1) = self.column_taps(xo);
+                (j0, j1, self.source(1, xo, j0).unwrap_or(0))
+            })
+            .collect()
+    }
+}
+
+/// Copies example `xn`'s patches (its $C_\text{in} H W$ values, row-major)
+/// into `rows` ($|T|$ rows of $C_\text{in} k_h k_w$, zeros already in place).
+fn fill_patches<T: Real>(g: &Conv2dGeometry, plan: &[(usize, usize, usize)], xn: &[T], rows: &mut [T]) {
+    let ((kh, kw), (h, w), wo, d) = (g.kernel, g.input, g.output().1, g.dilation.1);
+    for (t, row) in rows.chunks_exact_mut(g.patch_len()).enumerate() {
+        let (y, (j0, j1, sx0)) = (t / wo, plan[t % wo]);
+        for c in 0..g.in_channels {
+            for i in 0..kh {
+                let Some(sy) = g.source(0, y, i) else { continue };
+                let src = &xn[(c * h + sy) * w..][..w];
+                let dst = &mut row[(c * kh + i) * kw..][..kw];
+                for (k, j) in (j0..j1).enumerate() {
+                    dst[j] = src[sx0 + k * d];
+                }
+            }
+        }
+    }
+}
+
+/// Adds example `rows`' patch gradients into its input gradient `xn`, row
+/// after row (the order [`col2im`] documents).
+fn add_patches<T: Real>(g: &Conv2dGeometry, plan: &[(usize, usize, usize)], rows: &[T], xn: &mut [T]) {
+    let ((kh, kw), (h, w), wo, d) = (g.kernel, g.input, g.output().1, g.dilation.1);
+    for (t, row) in rows.chunks_exact(g.patch_len()).enumerate() {
+        let (y, (j0, j1, sx0)) = (t / wo, plan[t % wo]);
+        for c in 0..g.in_channels {
+            for i in 0..kh {
+                let Some(sy) = g.source(0, y, i) else { continue };
+                let dst = &mut xn[(c * h + sy) * w..][..w];
+                let src = &row[(c * kh + i) * kw..][..kw];
+                for (k, j) in (j0..j1).enumerate() {
+                    dst[sx0 + k * d] += src[j];
+                }
+            }
+        }
+    }
 }
 
 /// The patch matrix of the batch `x` ($N \times C_\text{in} \times H \times W$):
@@ -171,33 +229,15 @@ impl Conv2dGeometry {
 pub fn im2col<T: Real>(geometry: &Conv2dGeometry, x: ArrayView4<'_, T>) -> Result<Array2<T>> {
     geometry.check_input(&x)?;
     let g = *geometry;
-    let (n, (ho, wo)) = (x.dim().0, g.output());
-    let (kh, kw) = g.kernel;
-    let (l, len) = (ho * wo, g.patch_len());
-    let mut out = Array2::<T>::zeros((n * l, len));
-    let fill = |(mut rows, xn): (ndarray::ArrayViewMut2<'_, T>, ArrayView4<'_, T>)| {
-        let xn = xn.index_axis(Axis(0), 0);
-        for y in 0..ho {
-            for xo in 0..wo {
-                let mut row = rows.row_mut(y * wo + xo);
-                for c in 0..g.in_channels {
-                    for i in 0..kh {
-                        let Some(sy) = g.source(0, y, i) else { continue };
-                        for j in 0..kw {
-                            if let Some(sx) = g.source(1, xo, j) {
-                                row[(c * kh + i) * kw + j] = xn[(c, sy, sx)];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    out.axis_chunks_iter_mut(Axis(0), l)
-        .into_par_iter()
-        .zip(x.axis_chunks_iter(Axis(0), 1).into_par_iter())
-        .for_each(fill);
-    Ok(out)
+    let (n, l, len) = (x.dim().0, g.locations(), g.patch_len());
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("a standard-layout array is contiguous");
+    let plan = g.column_plan();
+    let mut out = vec![T::zero(); n * l * len];
+    out.par_chunks_mut(l * len)
+        .zip(xs.par_chunks(g.in_channels * g.input.0 * g.input.1))
+        .for_each(|(rows, xn)| fill_patches(&g, &plan, xn, rows));
+    Ok(Array2::from_shape_vec((n * l, len), out).expect("the patch matrix's length"))
 }
 
 /// The adjoint of [`im2col`]: the gradient with respect to the input
@@ -213,41 +253,22 @@ pub fn im2col<T: Real>(geometry: &Conv2dGeometry, x: ArrayView4<'_, T>) -> Resul
 pub fn col2im<T: Real>(geometry: &Conv2dGeometry, patches: ArrayView2<'_, T>, examples: usize) -> Result<Array4<T>> {
     geometry.validate()?;
     let g = *geometry;
-    let (ho, wo) = g.output();
-    let (kh, kw) = g.kernel;
-    let l = ho * wo;
-    if patches.dim() != (examples * l, g.patch_len()) {
+    let (l, len) = (g.locations(), g.patch_len());
+    if patches.dim() != (examples * l, len) {
         return Err(Error::ShapeMismatch {
             block: "conv".into(),
             what: "patch gradients",
-            expected: (examples * l, g.patch_len()),
+            expected: (examples * l, len),
             found: patches.dim(),
         });
     }
-    let mut out = Array4::<T>::zeros((examples, g.in_channels, g.input.0, g.input.1));
-    let add = |(mut xn, rows): (ndarray::ArrayViewMut4<'_, T>, ArrayView2<'_, T>)| {
-        let mut xn = xn.index_axis_mut(Axis(0), 0);
-        for y in 0..ho {
-            for xo in 0..wo {
-                let row = rows.row(y * wo + xo);
-                for c in 0..g.in_channels {
-                    for i in 0..kh {
-                        let Some(sy) = g.source(0, y, i) else { continue };
-                        for j in 0..kw {
-                            if let Some(sx) = g.source(1, xo, j) {
-                                xn[(c, sy, sx)] += row[(c * kh + i) * kw + j];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    out.axis_chunks_iter_mut(Axis(0), 1)
-        .into_par_iter()
-        .zip(patches.axis_chunks_iter(Axis(0), l).into_par_iter())
-        .for_each(add);
-    Ok(out)
+    let patches = patches.as_standard_layout();
+    let ps = patches.as_slice().expect("a standard-layout array is contiguous");
+    let (c, (h, w)) = (g.in_channels, g.input);
+    let plan = g.column_plan();
+    let mut out = vec![T::zero(); examples * c * h * w];
+    out.par_chunks_mut(c * h * w).zip(ps.par_chunks(l * len)).for_each(|(xn, rows)| add_patches(&g, &plan, rows, xn));
+    Ok(Array4::from_shape_vec((examples, c, h, w), out).expect("the input's length"))
 }
 
 /// The rows of a convolution's output-shaped array `y`
@@ -257,10 +278,22 @@ pub fn col2im<T: Real>(geometry: &Conv2dGeometry, patches: ArrayView2<'_, T>, ex
 pub fn location_rows<T: Real>(y: ArrayView4<'_, T>) -> Array2<T> {
     let (n, c, h, w) = y.dim();
     let l = h * w;
-    Array2::from_shape_fn((n * l, c), |(row, ch)| {
-        let t = row % l;
-        y[(row / l, ch, t / w, t % w)]
-    })
+    let y = y.as_standard_layout();
+    let ys = y.as_slice().expect("a standard-layout array is contiguous");
+    let mut out = vec![T::zero(); n * l * c];
+    if l * c > 0 {
+        out.par_chunks_mut(l * c).zip(ys.par_chunks(l * c)).for_each(|(rows, yn)| transpose(yn, c, l, rows));
+    }
+    Array2::from_shape_vec((n * l, c), out).expect("the rows' length")
+}
+
+/// `dst` ($b \times a$, row-major) $\leftarrow$ `src`ᵀ ($a \times b$).
+fn transpose<T: Copy>(src: &[T], a: usize, b: usize, dst: &mut [T]) {
+    for (i, row) in src.chunks_exact(b).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * a + i] = v;
+        }
+    }
 }
 
 /// The inverse of [`location_rows`]: rows ($N|T| \times C$) back to
@@ -271,20 +304,20 @@ pub fn location_rows<T: Real>(y: ArrayView4<'_, T>) -> Array2<T> {
 /// [`Error::ShapeMismatch`] when the rows are not $N H_\text{out} W_\text{out}$.
 pub fn rows_to_nchw<T: Real>(rows: ArrayView2<'_, T>, examples: usize, output: (usize, usize)) -> Result<Array4<T>> {
     let (h, w) = output;
-    let c = rows.ncols();
-    if rows.nrows() != examples * h * w {
+    let (c, l) = (rows.ncols(), h * w);
+    if rows.nrows() != examples * l {
         return Err(Error::ShapeMismatch {
             block: "conv".into(),
             what: "location rows",
-            expected: (examples * h * w, c),
+            expected: (examples * l, c),
             found: rows.dim(),
         });
     }
-    let nhwc = rows.to_owned().into_shape_with_order((examples, h, w, c)).map_err(|_| Error::ShapeMismatch {
-        block: "conv".into(),
-        what: "location rows",
-        expected: (examples * h * w, c),
-        found: rows.dim(),
-    })?;
-    Ok(nhwc.permuted_axes([0, 3, 1, 2]).as_standard_layout().into_owned())
+    let rows = rows.as_standard_layout();
+    let rs = rows.as_slice().expect("a standard-layout array is contiguous");
+    let mut out = vec![T::zero(); examples * c * l];
+    if l * c > 0 {
+        out.par_chunks_mut(l * c).zip(rs.par_chunks(l * c)).for_each(|(yn, rn)| transpose(rn, l, c, yn));
+    }
+    Ok(Array4::from_shape_vec((examples, c, h, w), out).expect("the array's length"))
 }
