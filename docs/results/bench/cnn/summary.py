@@ -8,6 +8,15 @@ import json
 runs = {p[:-5]: json.load(open(p)) for p in sorted(glob.glob("*.json"))}
 adam = max((n for n in runs if n.startswith("adam")), key=lambda n: runs[n]["test"][-1]["accuracy"])
 sgd = max((n for n in runs if n.startswith("sgd")), key=lambda n: runs[n]["test"][-1]["accuracy"])
+
+
+def grid_best(kind):
+    """The fixed rule's best of the grid: the default run `kind` and the `kind-lr...` runs."""
+    grid = [n for n in runs if n == kind or n.startswith(kind + "-lr")]
+    return max(grid, key=lambda n: (runs[n]["test"][-1]["accuracy"], -runs[n]["final_test_loss"])) if grid else None
+
+
+bests = {adam, sgd, grid_best("kfac"), grid_best("ekfac")} - {None}
 target = runs[adam]["test"][-1]["accuracy"]
 
 
@@ -26,7 +35,7 @@ def table():
         per_step[n] = dt[len(dt) // 2]
     for n, m in runs.items():
         hit = next((t["step"] for t in m["test"] if t["accuracy"] >= target), None)
-        mark = " (grid's best)" if n in (adam, sgd) else ""
+        mark = " (grid's best)" if n in bests else ""
         at = f"{hit} | {seconds_at(m, hit):.1f}" if hit else "— | —"
         print(f"| {n}{mark} | {m['final_loss']:.4f} | {m['final_test_loss']:.4f} | "
               f"{m['test'][-1]['accuracy']:.3f} | {per_step[n]:.3f} | {per_step[n] / per_step[sgd]:.2f} | {at} |")
@@ -36,7 +45,7 @@ def plots():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    shown = [adam, sgd] + [n for n in runs if not n.startswith(("adam", "sgd"))]
+    shown = [adam, sgd] + [n for n in runs if not n.startswith(("adam", "sgd")) and ("-lr" not in n or n in bests)]
     for x, name in [("step", "cnn_steps.png"), ("seconds", "cnn_seconds.png")]:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for n in shown:
