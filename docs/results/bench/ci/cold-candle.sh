@@ -1,7 +1,7 @@
 set -e
 cd "$(git rev-parse --show-toplevel)"
 export CARGO_TARGET_DIR=/tmp/cold-candle
-rm -rf $CARGO_TARGET_DIR
+rm -rf "$CARGO_TARGET_DIR"
 t0=$SECONDS
 cargo clippy -q -p kfac-core --all-targets -- -D warnings
 cargo test -q -p kfac-core --no-run
@@ -13,4 +13,4 @@ cargo test -q -p kfac-candle 2>&1 | grep "test result"
 RUSTDOCFLAGS="-D warnings" cargo doc -q -p kfac-candle --no-deps
 t2=$SECONDS
 echo "kfac-candle section on top of it: $((t2-t1)) s"
-du -sh $CARGO_TARGET_DIR
+du -sh "$CARGO_TARGET_DIR"
