@@ -177,6 +177,7 @@ pub mod shape;
 pub mod state;
 pub mod statistics;
 pub mod tridiagonal;
+pub mod vmath;
 
 pub use average::MovingAverage;
 pub use blocks::{BlockKind, CurvatureBlock, DenseBlock, DiagonalBlock, EkfacBlock, KfacBlock, KfacMethod};

@@ -15,6 +15,14 @@
 //! Gauss–Newton matrix. The **true Fisher** uses gradients at targets drawn
 //! from $p(t \mid s)$ ([`Loss::sample`]); the **empirical Fisher** uses the data
 //! targets ([`FisherMode`]).
+//!
+//! The sigmoid cross-entropy's value and gradient come from one pass over
+//! the outputs ([`Loss::value_and_grad`]), with the vectorised $e^x$ and
+//! $\ln(1 + x)$ of [`crate::vmath`] in the outputs' precision; its value is
+//! summed in `f64` over fixed blocks (see `loss/bernoulli.rs`), so that it
+//! does not depend on the thread count either.
+
+mod bernoulli;
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
@@ -22,6 +30,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::scalar::Real;
+use crate::vmath::Vmath;
 
 /// A loss; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,56 +62,78 @@ fn check<T>(what: &'static str, s: &ArrayView2<'_, T>, t: &ArrayView2<'_, T>) ->
     Ok(())
 }
 
-/// Elements per parallel task of the elementwise maps.
-const MAP_CHUNK: usize = 1 << 14;
+/// Elements per parallel task of the elementwise maps: fixed, and large
+/// enough (2¹⁶ elements, tens of microseconds) that rayon's hand-offs do
+/// not show.
+const MAP_CHUNK: usize = 1 << 16;
 
-/// `x = f(x)` for every element, in parallel over contiguous chunks (plain
-/// loops that the compiler vectorises) when the view is contiguous. The
-/// result does not depend on the thread count.
+/// Rows per parallel task of the row-wise losses: about [`MAP_CHUNK`]
+/// elements, at least one row.
+fn rows_per_task(ncols: usize) -> usize {
+    (MAP_CHUNK / ncols.max(1)).max(1)
+}
+
+/// `x = f(x)` for every element, in parallel over contiguous chunks
+/// ([`crate::vmath::map_in_place`], loops over fixed-width arrays that the
+/// compiler vectorises) when the view is contiguous. The result does not
+/// depend on the thread count.
 pub fn par_map_inplace<T: Real>(mut z: ndarray::ArrayViewMut2<'_, T>, f: impl Fn(T) -> T + Sync + Send) {
     match z.as_slice_memory_order_mut() {
-        Some(slice) => slice.par_chunks_mut(MAP_CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x = f(*x))),
+        Some(slice) => slice.par_chunks_mut(MAP_CHUNK).for_each(|c| crate::vmath::map_in_place(c, &f)),
         None => z.par_mapv_inplace(f),
     }
 }
 
-/// The logistic function, computed without overflow.
+/// The logistic function $\sigma(x) = 1/(1 + e^{-x})$, without overflow and
+/// vectorisable ([`Vmath::vsigmoid`](crate::vmath::Vmath::vsigmoid); within 2
+/// ulps of libm's, see [`crate::vmath`]).
 #[inline]
 pub fn sigmoid<T: Real>(x: T) -> T {
-    if x >= T::zero() {
-        T::one() / (T::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (T::one() + e)
-    }
-}
-
-/// $\log(1 + e^{x})$ without overflow.
-fn softplus(x: f64) -> f64 {
-    if x > 0.0 { x + (-x).exp().ln_1p() } else { x.exp().ln_1p() }
+    x.vsigmoid()
 }
 
 impl Loss {
     /// The mean over the batch of the per-example losses, accumulated in `f64`
-    /// (rows in parallel, summed in a fixed order).
+    /// in a fixed order: the sigmoid cross-entropy's over fixed blocks of
+    /// elements (see the [module docs](self)), the others' row by row (rows
+    /// in parallel, in tasks of about 2¹⁶ elements, summed in order).
     pub fn value<T: Real>(self, s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> Result<f64> {
         check("targets", &s, &t)?;
+        if self == Self::SigmoidCrossEntropy {
+            return Ok(bernoulli::value(s, t));
+        }
         let n = s.nrows().max(1) as f64;
-        let rows: Vec<f64> = s
-            .axis_iter(Axis(0))
+        let rows = rows_per_task(s.ncols());
+        let tasks: Vec<Vec<f64>> = s
+            .axis_chunks_iter(Axis(0), rows)
             .into_par_iter()
-            .zip(t.axis_iter(Axis(0)).into_par_iter())
-            .map(|(row, trow)| self.row_value(row, trow))
+            .zip(t.axis_chunks_iter(Axis(0), rows).into_par_iter())
+            .map(|(sc, tc)| sc.outer_iter().zip(tc.outer_iter()).map(|(row, trow)| self.row_value(row, trow)).collect())
             .collect();
-        Ok(rows.iter().sum::<f64>() / n)
+        Ok(tasks.iter().flatten().sum::<f64>() / n)
+    }
+
+    /// [`Loss::value`] and [`Loss::grad`], each bit for bit, from one pass over
+    /// the outputs for the sigmoid cross-entropy (one exponential and one
+    /// logarithm per output), from the two functions for the others.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShapeMismatch`] when `s` and `t` differ in shape.
+    pub fn value_and_grad<T: Real>(self, s: ArrayView2<'_, T>, t: ArrayView2<'_, T>) -> Result<(f64, Array2<T>)> {
+        check("targets", &s, &t)?;
+        match self {
+            Self::SigmoidCrossEntropy => bernoulli::value_and_grad(s, t),
+            _ => Ok((self.value(s, t)?, self.grad(s, t)?)),
+        }
     }
 
     fn row_value<T: Real>(self, row: ArrayView1<'_, T>, trow: ArrayView1<'_, T>) -> f64 {
         let pairs = row.iter().zip(trow.iter()).map(|(&a, &b)| (a.to_f64_exact(), b.to_f64_exact()));
         match self {
             Self::SquaredError => pairs.map(|(x, y)| 0.5 * (x - y).powi(2)).sum(),
-            // -[y log σ(x) + (1-y) log(1-σ(x))] = softplus(x) - y x
-            Self::SigmoidCrossEntropy => pairs.map(|(x, y)| softplus(x) - y * x).sum(),
+            // The sigmoid cross-entropy is summed by `bernoulli::value`.
+            Self::SigmoidCrossEntropy => pairs.map(|(x, y)| x.vsoftplus() - y * x).sum(),
             Self::SoftmaxCrossEntropy => {
                 let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.to_f64_exact()));
                 let lse = m + row.iter().map(|&x| (x.to_f64_exact() - m).exp()).sum::<f64>().ln();
@@ -142,14 +173,17 @@ impl Loss {
     /// class from the softmax, a 0/1 per output from the sigmoid, $s + \varepsilon$
     /// with $\varepsilon \sim \mathcal N(0, I)$ for the squared error.
     pub fn sample<T: Real>(self, s: ArrayView2<'_, T>, rng: &mut Rng) -> Array2<T> {
+        self.sample_from_mean(s, self.mean(s).view(), rng)
+    }
+
+    /// [`Loss::sample`] given the predictive mean `p` of `s`.
+    fn sample_from_mean<T: Real>(self, s: ArrayView2<'_, T>, p: ArrayView2<'_, T>, rng: &mut Rng) -> Array2<T> {
         match self {
             Self::SquaredError => s.mapv(|x| x + T::from_f64_lossy(rng.normal())),
             Self::SigmoidCrossEntropy => {
-                let p = self.mean(s);
                 p.mapv(|q| if rng.uniform() < q.to_f64_exact() { T::one() } else { T::zero() })
             }
             Self::SoftmaxCrossEntropy => {
-                let p = self.mean(s);
                 let mut t = Array2::zeros(s.dim());
                 for (prow, mut trow) in p.outer_iter().zip(t.outer_iter_mut()) {
                     let u = rng.uniform();
@@ -172,8 +206,8 @@ impl Loss {
     /// The per-example gradients at sampled targets, the input of the true
     /// Fisher statistics: $E[t \mid s_n] - \tilde t_n$, $\tilde t_n \sim p(t \mid s_n)$.
     pub fn sampled_grad<T: Real>(self, s: ArrayView2<'_, T>, rng: &mut Rng) -> Array2<T> {
-        let t = self.sample(s, rng);
         let mut g = self.mean(s);
+        let t = self.sample_from_mean(s, g.view(), rng);
         g -= &t;
         g
     }

@@ -31,6 +31,7 @@ pub trait Real:
     + Display
     + Send
     + Sync
+    + crate::vmath::Vmath
     + 'static
 {
     /// Machine epsilon of the type.
