@@ -229,9 +229,7 @@ fn special_values_are_libms() {
     assert!(vmath::ln_1p_f64(-0.0).is_sign_negative());
     assert_eq!((vmath::sigmoid_f64(inf), vmath::sigmoid_f64(-inf)), (1.0, 0.0));
     assert_eq!((vmath::softplus_f64(inf), vmath::softplus_f64(-inf)), (inf, 0.0));
-    for x in [f32::NAN] {
-        assert!(vmath::sigmoid_f32(x).is_nan() && vmath::softplus_f32(x).is_nan());
-    }
+    assert!(vmath::sigmoid_f32(f32::NAN).is_nan() && vmath::softplus_f32(f32::NAN).is_nan());
     assert!(vmath::sigmoid_f64(f64::NAN).is_nan() && vmath::softplus_f64(f64::NAN).is_nan());
 }
 

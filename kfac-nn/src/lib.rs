@@ -46,6 +46,7 @@ pub mod config;
 pub mod curvature;
 pub mod data;
 pub mod distributed;
+mod elementwise;
 pub mod error;
 pub mod fs;
 pub mod layers;

@@ -428,7 +428,7 @@ impl<T: Scalar> Mlp<T> {
                     hook.forward(l, acts[l].view());
                     let mut z = Array2::<T>::zeros((n, layer.d_out()));
                     // z = a Wᵀ + 1 bᵀ
-                    z.assign(&layer.w.column(layer.d_in()).insert_axis(Axis(0)));
+                    crate::elementwise::broadcast_rows(z.view_mut(), layer.w.column(layer.d_in()));
                     self.product(la, T::one(), acts[l].view(), layer.weight().t(), T::one(), z.view_mut())?;
                     layer.activation.apply(z.view_mut());
                     (z, None)
@@ -459,7 +459,7 @@ impl<T: Scalar> Mlp<T> {
         let patches = conv.patches(x)?;
         hook.forward(l, patches.view());
         let mut rows = Array2::<T>::zeros((patches.nrows(), layer.d_out()));
-        rows.assign(&layer.w.column(layer.d_in()).insert_axis(Axis(0)));
+        crate::elementwise::broadcast_rows(rows.view_mut(), layer.w.column(layer.d_in()));
         self.product(la, T::one(), patches.view(), layer.weight().t(), T::one(), rows.view_mut())?;
         let mut y = conv.rows_to_batch(rows.view(), n)?;
         layer.activation.apply(y.view_mut());
@@ -577,8 +577,7 @@ impl<T: Scalar> Mlp<T> {
         if d.dim() != y.dim() {
             return Err(Error::Shape { what: "activation gradient", expected: y.dim(), found: d.dim() });
         }
-        let phi = layer.activation;
-        ndarray::Zip::from(&mut d).and(&y).par_for_each(|d, &y| *d *= phi.derivative_from_output(y));
+        crate::elementwise::scale_by_derivative(layer.activation, d.view_mut(), y);
         Ok(d)
     }
 

@@ -73,11 +73,11 @@ impl<T: Scalar> Kfac<T> {
         rng: &mut Rng,
     ) -> Result<StepReport> {
         let fwd = mlp.forward(la, x, &mut NoHook)?;
-        let value = loss.value(fwd.output(), t)?;
+        let (value, g_out) = loss.value_and_grad(fwd.output(), t)?;
         if !value.is_finite() {
             return self.core.skip(value, "the loss").map_err(|e| refused(e.into()));
         }
-        let (grads, recorder) = self.gradients(la, mlp, &fwd, t, loss, rng)?;
+        let (grads, recorder) = self.gradients(la, mlp, &fwd, g_out, loss, rng)?;
         let batches = self.statistics_batches(mlp, &fwd, &recorder, x.nrows());
         let params: Vec<ArrayView2<'_, T>> = mlp.layers.iter().map(|l| l.w.view()).collect();
         let statistics = (!batches.is_empty()).then_some(&batches[..]);
@@ -132,12 +132,11 @@ impl<T: Scalar> Kfac<T> {
         la: &dyn LinAlg<T>,
         mlp: &Mlp<T>,
         fwd: &Forward<T>,
-        t: ArrayView2<'_, T>,
+        g_out: Array2<T>,
         loss: Loss,
         rng: &mut Rng,
     ) -> Result<(Vec<Array2<T>>, GradRecorder<T>)> {
         let out = fwd.output();
-        let g_out = loss.grad(out, t)?;
         let curvature = &self.core.config().curvature;
         let n = out.nrows();
         let n_stats = curvature.statistics_rows(n);

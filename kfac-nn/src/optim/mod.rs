@@ -445,11 +445,10 @@ fn first_order_gradient<T: Scalar>(
 ) -> Result<FirstOrder<T>> {
     use std::ops::ControlFlow::{Break, Continue};
     let fwd = mlp.forward(la, x, &mut crate::mlp::NoHook)?;
-    let value = loss.value(fwd.output(), t)?;
+    let (value, g_out) = loss.value_and_grad(fwd.output(), t)?;
     if !value.is_finite() {
         return refuse(policy, skipped, value, "the loss").map(Break);
     }
-    let g_out = loss.grad(fwd.output(), t)?;
     let mut grads = mlp.backward(la, &fwd, g_out.view(), true, &mut crate::mlp::NoHook)?;
     add_l2(&mut grads, mlp, l2);
     if !::kfac::optim::guards::finite(&grads) {

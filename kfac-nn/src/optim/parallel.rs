@@ -106,8 +106,8 @@ impl<T: Scalar> Kfac<T> {
         loss: Loss,
     ) -> Result<(Computed<T>, Vec<Array2<T>>)> {
         let fwd = mlp.forward(la, part.x, &mut NoHook)?;
-        let value = loss.value(fwd.output(), part.t)?;
-        let (grads, recorder) = self.gradients(la, mlp, &fwd, part.t, loss, &mut part.rng)?;
+        let (value, g_out) = loss.value_and_grad(fwd.output(), part.t)?;
+        let (grads, recorder) = self.gradients(la, mlp, &fwd, g_out, loss, &mut part.rng)?;
         Ok((Computed { fwd, loss: value, recorder }, grads))
     }
 }
