@@ -250,6 +250,9 @@ fn same64(a: f64, b: f64) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
 }
 
+/// A slice kernel and the scalar function it maps.
+type Kernel<T> = (fn(&mut [T]), fn(T) -> T);
+
 proptest! {
     /// The slice kernels (unrolled over arrays, any length and tail) give the
     /// scalar functions' results bit for bit; the fused sigmoid-softplus
@@ -257,7 +260,7 @@ proptest! {
     #[test]
     fn slices_and_fusion_match_the_scalar_functions(xs in prop::collection::vec(any_f32(), 0..40),
                                                     ys in prop::collection::vec(any_f64(), 0..40)) {
-        let kernels32: [(fn(&mut [f32]), fn(f32) -> f32); 4] = [
+        let kernels32: [Kernel<f32>; 4] = [
             (vmath::exp_in_place, vmath::exp_f32),
             (vmath::ln_1p_in_place, vmath::ln_1p_f32),
             (vmath::sigmoid_in_place, vmath::sigmoid_f32),
@@ -268,7 +271,7 @@ proptest! {
             kernel(&mut v);
             prop_assert!(v.iter().zip(&xs).all(|(&g, &x)| same32(g, scalar(x))));
         }
-        let kernels64: [(fn(&mut [f64]), fn(f64) -> f64); 4] = [
+        let kernels64: [Kernel<f64>; 4] = [
             (vmath::exp_in_place, vmath::exp_f64),
             (vmath::ln_1p_in_place, vmath::ln_1p_f64),
             (vmath::sigmoid_in_place, vmath::sigmoid_f64),
