@@ -85,7 +85,7 @@ pub fn par_map_inplace<T: Real>(mut z: ndarray::ArrayViewMut2<'_, T>, f: impl Fn
 }
 
 /// The logistic function $\sigma(x) = 1/(1 + e^{-x})$, without overflow and
-/// vectorisable ([`Vmath::vsigmoid`](crate::vmath::Vmath::vsigmoid); within 2
+/// vectorisable ([`Vmath::vsigmoid`]; within 2
 /// ulps of libm's, see [`crate::vmath`]).
 #[inline]
 pub fn sigmoid<T: Real>(x: T) -> T {
