@@ -63,7 +63,7 @@ fn step(c: &mut Criterion) {
         ),
         ("kfac-adaptive-paper", adaptive(OptimizerKind::Kfac, AdaptiveConfig::paper()), exact),
     ] {
-        let mut mlp = task.network::<f32>(0).unwrap();
+        let mut mlp = task.network::<f32>(0, None).unwrap();
         let mut opt = Optimizer::with_products(config, &mlp, products).unwrap();
         let mut rng = Rng::new(0);
         g.bench_function(BenchmarkId::new(format!("{name}-faer"), "ae-1000"), |b| {
@@ -95,7 +95,7 @@ fn cnn_step(c: &mut Criterion) {
         ("kfac-adaptive", adaptive(OptimizerKind::Kfac), expand),
         ("ekfac-adaptive", adaptive(OptimizerKind::Ekfac), expand),
     ] {
-        let mut mlp = task.network::<f32>(0).unwrap();
+        let mut mlp = task.network::<f32>(0, None).unwrap();
         let mut opt = Optimizer::new(config, &mlp).unwrap().with_sharing(sharing);
         let mut rng = Rng::new(0);
         g.bench_function(BenchmarkId::new(name, "cnn-256"), |b| {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::backend::Backend;
 use crate::distributed::DataParallel;
-use crate::mlp::Parallelism;
+use crate::mlp::{Init, Parallelism};
 use crate::optim::{CurvatureProducts, OptimizerConfig, Sharing};
 
 /// The problems `kfac train` knows.
@@ -55,6 +55,11 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Seed of the split, the initialisation, the batch order and the sampled targets.
     pub seed: u64,
+    /// How the dense tasks' weights start (biases start at zero). `None`:
+    /// the task's own, Martens' sparse initialisation for the autoencoder
+    /// and the classifier, Glorot normal for the CNN (which takes no other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<Init>,
     /// The linear-algebra backend.
     pub backend: Backend,
     /// How the MLP's products are parallelised.
@@ -99,6 +104,7 @@ impl TrainConfig {
             steps,
             batch_size,
             seed: 0,
+            init: None,
             backend: Backend::default(),
             parallelism: Parallelism::default(),
             eval_every: 20,

@@ -93,6 +93,9 @@ pub enum Init {
     },
     /// Glorot (Xavier) normal: $\mathcal N(0, 2/(d_\text{in} + d_\text{out}))$.
     Glorot,
+    /// LeCun normal, $\mathcal N(0, 1/d_\text{in})$: the start of kfac-jax's
+    /// autoencoder example (its weights' initialiser, with zero biases).
+    Gaussian,
 }
 
 impl Default for Init {
@@ -309,8 +312,9 @@ impl<T: Scalar> Mlp<T> {
                         }
                     }
                 }
-                Init::Glorot => {
-                    let sd = (2.0 / (d_in + d_out) as f64).sqrt();
+                Init::Glorot | Init::Gaussian => {
+                    let var = if init == Init::Glorot { 2.0 / (d_in + d_out) as f64 } else { 1.0 / d_in as f64 };
+                    let sd = var.sqrt();
                     for x in w.slice_mut(s![.., ..d_in]).iter_mut() {
                         *x = T::from_f64_lossy(sd * rng.normal());
                     }

@@ -132,10 +132,20 @@ impl Task {
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The network of this task, initialised from `seed`.
-    pub fn network<T: Scalar>(&self, seed: u64) -> Result<Mlp<T>> {
+    /// The network of this task, initialised from `seed` by `init` (`None`:
+    /// the task's own, [`Init::default`] for a dense network). A CNN is
+    /// always Glorot normal ([`Mlp::cnn`]) and refuses any other `init`.
+    pub fn network<T: Scalar>(&self, seed: u64, init: Option<Init>) -> Result<Mlp<T>> {
         if self.convs.is_empty() {
-            return Mlp::new(&self.sizes, self.hidden, Activation::Identity, Init::default(), seed, &self.overrides);
+            let init = init.unwrap_or_default();
+            return Mlp::new(&self.sizes, self.hidden, Activation::Identity, init, seed, &self.overrides);
+        }
+        if let Some(init) = init {
+            return Err(Error::Config {
+                what: "init",
+                value: format!("{init:?}").to_lowercase(),
+                why: "the cnn task's layers are always Glorot normal; --init applies to the dense tasks".into(),
+            });
         }
         let input = (1, self.train.rows, self.train.cols);
         Mlp::cnn(input, &self.convs, &self.sizes[1..], self.hidden, seed)
@@ -286,7 +296,7 @@ pub fn train_on<T: Scalar>(
     }
     let la = T::backend(config.backend, config.parallelism == Parallelism::Products)?;
     let la = &*la;
-    let mut mlp = task.network::<T>(config.seed)?;
+    let mut mlp = task.network::<T>(config.seed, config.init)?;
     mlp.parallelism = config.parallelism;
     let mut opt = Optimizer::with_products(config.optimizer.clone(), &mlp, config.curvature_products)?
         .with_sharing(config.sharing);

@@ -322,7 +322,7 @@ fn nan_batches_are_skipped_or_refused() {
     let la = f32::backend(config.backend, true).unwrap();
     for kind in [OptimizerKind::Sgd, OptimizerKind::Adam, OptimizerKind::Kfac, OptimizerKind::Ekfac] {
         for policy in [NonFinitePolicy::Skip, NonFinitePolicy::Error] {
-            let mut mlp = task.network::<f32>(0).unwrap();
+            let mut mlp = task.network::<f32>(0, None).unwrap();
             let cfg = OptimizerConfig::defaults(kind).with_on_non_finite(policy);
             let mut opt = Optimizer::<f32>::new(cfg, &mlp).unwrap();
             let mut rng = Rng::new(1);

@@ -444,11 +444,11 @@ fn tempdir(name: &str) -> PathBuf {
 #[test]
 fn the_cnn_task_has_its_architecture_and_trains() {
     let (config, task) = cnn_config(OptimizerConfig::defaults(OptimizerKind::Kfac), 30);
-    let mlp = task.network::<f32>(0).unwrap();
+    let mlp = task.network::<f32>(0, None).unwrap();
     let kinds: Vec<_> = mlp.layers.iter().map(|l| (l.d_in(), l.d_out(), l.positions(), l.output_width())).collect();
     assert_eq!(kinds, vec![(9, 8, 64, 8 * 16), (72, 16, 16, 16 * 4), (64, 10, 1, 10)]);
     assert_eq!(mlp.num_params(), 1898);
-    let mnist = Task::load(TaskKind::Cnn, &DataSource::Mnist5k, 0).unwrap().network::<f32>(0).unwrap();
+    let mnist = Task::load(TaskKind::Cnn, &DataSource::Mnist5k, 0).unwrap().network::<f32>(0, None).unwrap();
     let kinds: Vec<_> = mnist.layers.iter().map(|l| (l.d_in(), l.d_out(), l.positions(), l.output_width())).collect();
     assert_eq!(kinds, vec![(25, 16, 576, 16 * 144), (400, 32, 64, 32 * 16), (512, 10, 1, 10)]);
     assert_eq!(mnist.num_params(), 18378);

@@ -839,7 +839,7 @@ fn check_autoencoder_step<T: kfac_nn::backend::Scalar>() {
     let config = TrainConfig::new(TaskKind::Autoencoder, OptimizerConfig::Sgd(Default::default()));
     let task = Task::load(config.task, &config.data, 0).unwrap();
     let la = T::backend(Backend::default(), true).unwrap();
-    let mlp = task.network::<T>(0).unwrap();
+    let mlp = task.network::<T>(0, None).unwrap();
     let (x, t) = task.batch::<T>(&task.train, &(0..250).collect::<Vec<_>>());
     let fwd = mlp.forward(&*la, x.view(), &mut NoHook).unwrap();
     let g_out = task.loss.grad(fwd.output(), t.view()).unwrap();

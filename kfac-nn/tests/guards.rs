@@ -30,7 +30,7 @@ fn adam_never_writes_a_non_finite_weight_or_moment() {
     let task = Task::load(config.task, &config.data, config.seed).unwrap();
     let la = <f32 as kfac_nn::backend::Scalar>::backend(config.backend, true).unwrap();
     for policy in [NonFinitePolicy::Skip, NonFinitePolicy::Error] {
-        let mut mlp = task.network::<f32>(0).unwrap();
+        let mut mlp = task.network::<f32>(0, None).unwrap();
         let cfg = OptimizerConfig::Adam(AdamConfig { lr: 3e38, on_non_finite: policy, ..AdamConfig::default() });
         let mut opt = Optimizer::<f32>::new(cfg, &mlp).unwrap();
         let mut rng = Rng::new(1);
@@ -88,7 +88,7 @@ fn saved(kind: OptimizerKind, name: &str) -> (TrainConfig, Task, PathBuf, Checkp
 /// Writes `ck` (the checksum is computed anew, as an editor would) and
 /// resumes from it for 10 steps; the error's text, or `None` if it resumed.
 fn resume_edited(config: &TrainConfig, task: &Task, path: &PathBuf, ck: &Checkpoint<f32>) -> Option<String> {
-    let mut mlp = task.network::<f32>(config.seed).unwrap();
+    let mut mlp = task.network::<f32>(config.seed, None).unwrap();
     for (layer, w) in mlp.layers.iter_mut().zip(&ck.weights) {
         layer.w = w.clone();
     }

@@ -254,6 +254,28 @@ fn sparse_init() {
     }
 }
 
+/// The Gaussian initialisation draws the weights from N(0, 1/d_in) and
+/// leaves the biases at zero: each layer's sample mean and variance are
+/// within six standard errors of 0 and 1/d_in (the standard error of a
+/// normal sample's variance is sigma^2 sqrt(2/(m - 1)) over m weights).
+#[test]
+fn gaussian_init() {
+    let mlp = Mlp::<f64>::new(&[400, 300, 50], Activation::Tanh, Activation::Identity, Init::Gaussian, 4, &[]).unwrap();
+    for layer in &mlp.layers {
+        let d = layer.d_in();
+        let w = layer.weight();
+        let m = w.len() as f64;
+        let mean = w.sum() / m;
+        let var = w.iter().map(|&v| (v - mean).powi(2)).sum::<f64>() / (m - 1.0);
+        let sigma2 = 1.0 / d as f64;
+        assert!(mean.abs() <= 6.0 * (sigma2 / m).sqrt(), "mean {mean}");
+        assert!((var - sigma2).abs() <= 6.0 * sigma2 * (2.0 / (m - 1.0)).sqrt(), "var {var} against {sigma2}");
+        assert!(layer.w.column(d).iter().all(|&b| b == 0.0));
+    }
+    let again = Mlp::<f64>::new(&[400, 300, 50], Activation::Tanh, Activation::Identity, Init::Gaussian, 4, &[]).unwrap();
+    assert_eq!(mlp.layers, again.layers);
+}
+
 /// The fast f32 tanh is within a few units in the last place of the exact one.
 #[test]
 fn fast_tanh_is_accurate() {

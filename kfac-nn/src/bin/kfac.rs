@@ -15,7 +15,7 @@ use kfac::comm::{Communicator, Reduction, SingleProcess};
 use kfac_nn::backend::{Backend, Scalar};
 use kfac_nn::distributed::{DataParallel, launcher_ranks};
 use kfac_nn::loss::FisherMode;
-use kfac_nn::mlp::Parallelism;
+use kfac_nn::mlp::{Init, Parallelism};
 use kfac_nn::optim::{
     AdaptiveConfig, BlockKind, CurvatureProducts, DampingKind, KfacConfig, KfacMethod, NonFinitePolicy,
     OptimizerConfig, OptimizerKind, PiRule, Sharing, Structure, UpdateRule,
@@ -147,6 +147,12 @@ struct Common {
     /// Seed of the split, the initialisation, the batches and the sampled targets.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// How the weights start, biases at zero (autoencoder and classifier;
+    /// default: sparse): Martens' sparse initialisation (15 nonzero N(0, 1)
+    /// weights per unit), or N(0, 1/fan_in) as kfac-jax's autoencoder
+    /// example starts. The cnn task is always Glorot normal.
+    #[arg(long, value_enum)]
+    init: Option<InitArg>,
     /// Linear-algebra backend (default: faer when compiled in).
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
@@ -240,6 +246,7 @@ macro_rules! value_enum {
 
 value_enum!(Opt { Sgd => OptimizerKind::Sgd, Adam => OptimizerKind::Adam, Kfac => OptimizerKind::Kfac, Ekfac => OptimizerKind::Ekfac } -> OptimizerKind);
 value_enum!(TaskArg { Autoencoder => TaskKind::Autoencoder, Classifier => TaskKind::Classifier, Cnn => TaskKind::Cnn } -> TaskKind);
+value_enum!(InitArg { Sparse => Init::Sparse { nonzero: 15 }, Gaussian => Init::Gaussian } -> Init);
 value_enum!(SharingArg { Expand => Sharing::Expand, Reduce => Sharing::Reduce } -> Sharing);
 value_enum!(FisherArg { True => FisherMode::True, Empirical => FisherMode::Empirical } -> FisherMode);
 value_enum!(BackendArg { Faer => Backend::Faer, Nalgebra => Backend::Nalgebra } -> Backend);
@@ -380,6 +387,10 @@ impl Common {
             });
         }
         c.seed = self.seed;
+        // `--init sparse` on a dense task is the default, stored as none, so
+        // that a run resumes with or without the flag.
+        let dense = !matches!(self.task, TaskArg::Cnn);
+        c.init = self.init.map(Init::from).filter(|&i| !(dense && i == Init::default()));
         c.backend = self.backend.map_or_else(Backend::default, Into::into);
         c.parallelism = self.parallelism.into();
         c.eval_every = self.eval_every;
