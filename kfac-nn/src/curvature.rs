@@ -20,7 +20,7 @@
 //! them as a [`CurvatureModel`](kfac::optim::CurvatureModel).
 
 use kfac::LinAlg;
-use ndarray::{Array2, ArrayView2, Axis, Zip, s};
+use ndarray::{Array2, ArrayView2, s};
 
 use crate::backend::Scalar;
 use crate::error::{Error, Result};
@@ -73,7 +73,7 @@ pub fn output_directional_derivative<T: Scalar>(
         let r_input = if conv.is_some() { r_patches.as_ref() } else { r_a.as_ref() };
         // R(s_l) = a_l V_lᵀ + 1 v_bᵀ + R(a_l) W_lᵀ
         let mut r_s = Array2::<T>::zeros((input.nrows(), layer.d_out()));
-        r_s.assign(&vl.column(d_in).insert_axis(Axis(0)));
+        crate::elementwise::broadcast_rows(r_s.view_mut(), vl.column(d_in));
         la.gemm(T::one(), input, vl.slice(s![.., ..d_in]).t(), T::one(), r_s.view_mut()).map_err(lin)?;
         if let Some(ra) = r_input {
             la.gemm(T::one(), ra.view(), layer.weight().t(), T::one(), r_s.view_mut()).map_err(lin)?;
@@ -83,7 +83,7 @@ pub fn output_directional_derivative<T: Scalar>(
         }
         // R(a_{l+1}) = φ'(s_l) ⊙ R(s_l), φ' read from the activation φ(s_l).
         let out = fwd.activated(l);
-        Zip::from(&mut r_s).and(&out).for_each(|r, &y| *r *= layer.activation.derivative_from_output(y));
+        crate::elementwise::scale_by_derivative(layer.activation, r_s.view_mut(), out.view());
         if let (Some(Conv2d { pool: Some(pool), geometry }), Some(Some(cache))) = (conv, fwd.conv.get(l)) {
             r_s = pool.tangent(r_s.view(), &cache.argmax, geometry.out_channels, geometry.output())?;
         }

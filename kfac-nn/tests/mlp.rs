@@ -272,7 +272,8 @@ fn gaussian_init() {
         assert!((var - sigma2).abs() <= 6.0 * sigma2 * (2.0 / (m - 1.0)).sqrt(), "var {var} against {sigma2}");
         assert!(layer.w.column(d).iter().all(|&b| b == 0.0));
     }
-    let again = Mlp::<f64>::new(&[400, 300, 50], Activation::Tanh, Activation::Identity, Init::Gaussian, 4, &[]).unwrap();
+    let again =
+        Mlp::<f64>::new(&[400, 300, 50], Activation::Tanh, Activation::Identity, Init::Gaussian, 4, &[]).unwrap();
     assert_eq!(mlp.layers, again.layers);
 }
 
